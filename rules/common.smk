@@ -1,0 +1,118 @@
+# Config validation, wildcard constraints, target and input functions, resources.
+import math
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+wildcard_constraints:
+    width=r"[0-9]+[km]?",
+    layer=r"[0-9]+",
+    a=r"[0-9]+",
+    b=r"[0-9]+",
+    variant=r"[A-Za-z0-9_]+",
+
+
+LAYERS = sorted(config["layers"])
+PAIRS = list(zip(LAYERS[:-1], LAYERS[1:]))
+WIDTHS = list(config["widths"])
+VARIANTS = list(config["variants"])
+SOURCE = config["source"]["kind"]
+PERSIST = config["persistence"]
+
+
+def width_features(width):
+    """Gemma Scope width label -> feature count: 16k -> 16384, 65k -> 65536, 1m -> 2**20."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(width[-1], 1)
+    count = int(width.rstrip("km")) * scale
+    return count if scale == 1 else 2 ** round(math.log2(count))
+
+
+def sae_folder(width, layer):
+    folder = config["widths"][width]["folder"]
+    if isinstance(folder, str):
+        return folder
+    by_layer = {int(k): v for k, v in folder.items()}
+    if int(layer) not in by_layer:
+        raise ValueError(f"config widths.{width}.folder names no folder for layer {layer}")
+    return by_layer[int(layer)]
+
+
+def sae_source(layer, width):
+    """The SAE parameter file (or fetch manifest) of one layer and width."""
+    folder = sae_folder(width, layer)
+    if SOURCE == "synthetic":
+        return f"results/synthetic/layer_{layer}/width_{width}/{folder}/params.npz"
+    if SOURCE == "hub":
+        return f"results/fetched/width_{width}/layer_{layer}.json"
+    from saematch.sources import local_sae_path
+
+    return str(local_sae_path(config["source"]["local"]["root"], layer, width, folder))
+
+
+def variant(name):
+    return config["variants"][name]
+
+
+def vectors_input(wc, layer):
+    """Folded variants read the folded SAE; unfolded ones read the source itself."""
+    if variant(wc.variant)["folded"]:
+        return f"results/folded/width_{wc.width}/layer_{layer}.npz"
+    return sae_source(layer, wc.width)
+
+
+def assign_input(wc):
+    if variant(wc.variant)["method"] == "identity":
+        return {"sae_a": vectors_input(wc, wc.a), "sae_b": vectors_input(wc, wc.b)}
+    return {"cost": f"results/costs/{wc.variant}/width_{wc.width}/{wc.a}-{wc.b}.h5"}
+
+
+def truth_input(wc):
+    """Planted families know the true parents of layer b's features; others have no truth."""
+    if SOURCE != "synthetic":
+        return {}
+    return {"truth": f"results/synthetic/layer_{wc.b}/width_{wc.width}/"
+            f"{sae_folder(wc.width, wc.b)}/truth.npz"}
+
+
+def direct_pairs():
+    """Non-adjacent (a, b) pairs matched directly, to compare with composed permutations."""
+    return [(LAYERS[i], LAYERS[i + d]) for d in range(2, PERSIST["max_distance"] + 1)
+            for i in range(len(LAYERS) - d)]
+
+
+def metrics_files(width, variant_name):
+    return [f"results/metrics/{variant_name}/width_{width}/{a}-{b}.h5" for a, b in PAIRS]
+
+
+def summary_keys():
+    return [{"width": w, "variant": v, "layer_a": a, "layer_b": b}
+            for w in WIDTHS for v in VARIANTS for a, b in PAIRS]
+
+
+def figure_files(width):
+    names = ["matched_mse", "mse_distributions", "persistence", "thresholds"]
+    return {n: f"results/figures/width_{width}/{n}.png" for n in names}
+
+
+def all_targets():
+    targets = ["results/metrics/summary.tsv"]
+    for w in WIDTHS:
+        targets.append(f"results/persistence/width_{w}/table.tsv")
+        targets.extend(figure_files(w).values())
+    return targets
+
+
+# Resources grow with the width: a dense n x n float32 cost block set, and scipy's float64 copy.
+def mem_mb_costs(wc):
+    n = width_features(wc.width)
+    return 2048 + (n * n * 4 + 3 * min(config["costs"]["block"], n) * n * 8) // 2**20
+
+
+def mem_mb_assign(wc):
+    n = width_features(wc.width)
+    return 2048 + (n * n * 20) // 2**20
+
+
+def mem_mb_sae(wc):
+    return 2048 + width_features(wc.width) * 2304 * 4 * 6 // 2**20

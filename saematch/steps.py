@@ -1,0 +1,124 @@
+"""One function per workflow step, taking paths and plain parameters.
+
+The scripts in ``scripts/`` only unpack the ``snakemake`` object into these calls, so every
+step can be imported and run from a test or a notebook exactly as the workflow runs it.
+torch, scipy.optimize, pandas and matplotlib are imported inside the steps that use them:
+process start-up dominates the many small jobs of a run, and most steps need none of them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+from . import match
+from .assign import assign_dense, read_assignment, read_cost_matrix, write_assignment
+from .atomic import atomic_path, write_text
+from .features import Variant, variant_vectors
+from .metrics import pair_metrics, read_pair_metrics, write_pair_metrics
+from .persistence import chain_lengths, persistence_table
+from .sae import fold, load_sae, save_sae
+from .synthetic import PlantedSpec, write_planted_layer
+
+log = logging.getLogger("saematch")
+Path_ = str | os.PathLike
+
+
+def plant_step(spec: dict, n_features: int, layer: int, params: Path_, truth: Path_) -> None:
+    write_planted_layer(PlantedSpec(n_features=n_features, **spec), layer, params, truth)
+
+
+def fold_step(sae: Path_, folded: Path_) -> None:
+    """Validate an SAE and write its folded form, keeping the thresholds as ``scale``."""
+    s = load_sae(sae)
+    log.info("loaded %s: n_features=%d d_model=%d", s.source, s.n_features, s.d_model)
+    save_sae(folded, fold(s), scale=s.threshold)
+
+
+def cost_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
+              layers: tuple[int, int], block: int, device: str) -> None:
+    from .costs import write_cost_matrix
+
+    v = Variant.from_config(name, variant)
+    A, B = variant_vectors(load_sae(sae_a), load_sae(sae_b), v)
+    log.info("cost matrix %s L%d->L%d: n=%d, D=%d", name, *layers, A.shape[0], A.shape[1])
+    write_cost_matrix(out, A, B, block=block, device=device, attrs={
+        "variant": name, "terms": list(v.terms), "folded": v.folded, "metric": v.metric,
+        "layer_a": layers[0], "layer_b": layers[1]})
+
+
+def assign_step(out: Path_, variant: dict, name: str, layers: tuple[int, int], *,
+                cost: Path_ | None = None, sae_a: Path_ | None = None,
+                sae_b: Path_ | None = None) -> None:
+    """Dense LAP on a stored cost matrix, or the identity baseline scored in the variant space."""
+    v = Variant.from_config(name, variant)
+    if v.method == "identity":
+        result = match(load_sae(sae_a), load_sae(sae_b), v)
+    else:
+        result = assign_dense(read_cost_matrix(cost))
+    log.info("%s L%d->L%d: solver=%s status=%s objective=%.6g", name, *layers,
+             result.solver, result.status, result.objective)
+    write_assignment(out, result, {"variant": name, "layer_a": layers[0], "layer_b": layers[1]})
+
+
+def metrics_step(assignment: Path_, folded_a: Path_, folded_b: Path_, out: Path_, *,
+                 terms: Sequence[str], alpha: float, null_samples: int, seed: int,
+                 truth: Path_ | None = None) -> None:
+    a, b = load_sae(folded_a), load_sae(folded_b)
+    asg = read_assignment(assignment)
+    origin = None
+    if truth:
+        with np.load(truth, allow_pickle=False) as t:
+            origin = t["origin"]
+    arrays, summary = pair_metrics(a, b, asg.perm, terms=tuple(terms), alpha=alpha,
+                                   null_samples=null_samples, seed=seed, origin=origin)
+    summary.update(solver=asg.solver, status=asg.status, gap=asg.gap,
+                   objective=asg.objective)
+    write_pair_metrics(out, arrays, summary)
+
+
+def summary_step(metrics: Sequence[Path_], keys: Sequence[dict], out: Path_) -> None:
+    """One TSV row per (width, variant, pair): the summary of each per-pair metrics file."""
+    import pandas as pd
+
+    rows = [{**k, **read_pair_metrics(p)[1]} for p, k in zip(metrics, keys, strict=True)]
+    write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def persistence_step(folded: Sequence[Path_], consecutive: Sequence[Path_],
+                     metrics: Sequence[Path_], direct: dict[tuple[int, int], Path_],
+                     max_distance: int, table: Path_, chains: Path_) -> None:
+    """``direct`` maps (s, t) indices into ``folded`` to assignment files of direct matches."""
+    import pandas as pd
+
+    saes = [load_sae(p) for p in folded]
+    perms = [read_assignment(p).perm for p in consecutive]
+    matched = [read_pair_metrics(p)[0]["matched"] for p in metrics]
+    direct_perms = {k: read_assignment(p).perm for k, p in direct.items()}
+    rows = persistence_table(saes, perms, matched, direct_perms, max_distance)
+    write_text(table, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    with atomic_path(chains) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("length", data=chain_lengths(perms, matched))
+
+
+def figures_step(metrics: dict[str, list[Path_]], layers: Sequence[int], folded: Sequence[Path_],
+                 persistence: Path_, distribution_pairs: int, width: str,
+                 out: dict[str, Path_]) -> None:
+    """The four per-width figures; ``metrics`` maps variant -> per-pair files in layer order."""
+    import pandas as pd
+
+    from . import plots
+
+    pairs = list(zip(layers[:-1], layers[1:]))
+    loaded = {v: [read_pair_metrics(p) for p in ps] for v, ps in metrics.items()}
+    plots.matched_mse(loaded, pairs, width, out["matched_mse"])
+    plots.mse_distributions(loaded, pairs, distribution_pairs, width, out["mse_distributions"])
+    plots.persistence(pd.read_csv(persistence, sep="\t"), width, out["persistence"])
+    thetas = []
+    for p in folded:
+        with np.load(p, allow_pickle=False) as f:
+            thetas.append(f["scale"])
+    plots.thresholds(list(layers), thetas, width, out["thresholds"])

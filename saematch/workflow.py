@@ -1,0 +1,36 @@
+"""Glue for ``scripts/``: log to the rule's log file and turn bad input into one clear line."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .errors import SAEMatchError
+
+
+def run(snakemake: Any, step: Callable[[Any], None]) -> None:
+    """Run ``step(snakemake)`` with logging and progress bars going to ``snakemake.log[0]``.
+
+    A :class:`SAEMatchError` (bad input) is written as one line to the log and to stderr and the
+    job exits 1; any other exception keeps its traceback, in the log and on stderr.
+    """
+    rule = getattr(snakemake, "rule", "saematch")
+    console = sys.stderr
+    with open(snakemake.log[0], "w") as logfile, contextlib.redirect_stderr(logfile):
+        logging.basicConfig(stream=logfile, level=logging.INFO, force=True,
+                            format="%(asctime)s %(levelname)s %(message)s")
+        try:
+            step(snakemake)
+        except SAEMatchError as exc:
+            msg = f"saematch [{rule}] error: {exc}"
+            print(msg, file=logfile)
+            print(msg, file=console)
+            sys.exit(1)
+        except Exception:
+            tb = traceback.format_exc()
+            print(tb, file=logfile)
+            print(tb, file=console)
+            sys.exit(1)

@@ -1,0 +1,10 @@
+"""Rule cost_matrix: see saematch.steps.cost_step."""
+import _pkg  # noqa: F401  (this checkout's package first)
+
+# isort: split
+from saematch.steps import cost_step
+from saematch.workflow import run
+
+run(snakemake, lambda s: cost_step(  # noqa: F821
+    s.input.sae_a, s.input.sae_b, s.output.cost, s.params.variant, s.wildcards.variant,
+    s.params.layers, s.params.block, s.params.device))

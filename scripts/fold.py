@@ -1,0 +1,8 @@
+"""Rule fold: see saematch.steps.fold_step."""
+import _pkg  # noqa: F401  (this checkout's package first)
+
+# isort: split
+from saematch.steps import fold_step
+from saematch.workflow import run
+
+run(snakemake, lambda s: fold_step(s.input.sae, s.output.folded))  # noqa: F821

@@ -1,0 +1,10 @@
+"""Rule pair_metrics: see saematch.steps.metrics_step."""
+import _pkg  # noqa: F401  (this checkout's package first)
+
+# isort: split
+from saematch.steps import metrics_step
+from saematch.workflow import run
+
+run(snakemake, lambda s: metrics_step(  # noqa: F821
+    s.input.assignment, s.input.folded_a, s.input.folded_b, s.output.metrics,
+    truth=s.input.get("truth"), **s.params.metrics))

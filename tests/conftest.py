@@ -1,0 +1,64 @@
+"""Shared fixtures: random SAEs, planted families, and a Snakemake runner on temp folders."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from saematch.sae import SAE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def random_sae(n: int = 64, d: int = 16, seed: int = 0) -> SAE:
+    """A JumpReLU SAE with spread-out positive thresholds (float32)."""
+    rng = np.random.default_rng(seed)
+    dec = rng.standard_normal((n, d))
+    dec /= np.linalg.norm(dec, axis=1, keepdims=True)
+    return SAE(
+        W_enc=rng.standard_normal((d, n)).astype(np.float32),
+        b_enc=rng.normal(-0.5, 0.5, n).astype(np.float32),
+        W_dec=dec.astype(np.float32),
+        b_dec=rng.standard_normal(d).astype(np.float32) * 0.1,
+        threshold=rng.lognormal(0, 0.7, n).astype(np.float32),
+        source=f"random(seed={seed})",
+    )
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None,
+              env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run this repo's workflow in ``workdir`` (results/ lands there), optionally with a config."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", "--nocolor", *args]
+    if config is not None:  # last: --configfile takes every word after it
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dry_run_jobs(workdir: Path, config: dict) -> list[tuple[str, str]]:
+    """(rule, outputs) of every job a dry run would execute."""
+    out = snakemake(workdir, "-n", config=config).stdout
+    jobs, rule = [], None
+    for line in out.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+            jobs.append((rule, ""))
+        elif line.strip().startswith("output:") and rule:
+            jobs[-1] = (rule, line.split(":", 1)[1].strip())
+    return jobs
+
+
+@pytest.fixture
+def test_config() -> dict:
+    return yaml.safe_load((REPO / "tests/config/test.yaml").read_text())

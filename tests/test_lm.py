@@ -1,0 +1,213 @@
+"""Real-model library (saematch.lm) on synthetic data and tiny random HF models: no downloads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saematch.errors import SAEMatchError
+from saematch.lm.activations import collect_activations, read_activations
+from saematch.lm.matching_score import matching_score
+from saematch.lm.substitution import evaluate_substitutions, layer_skip, true_state
+from saematch.lm.text import TextSource, build_corpus, read_corpus, split_files, write_corpus
+from saematch.lm.train import TrainConfig, quality_flag, train_sae
+from saematch.sae import SAE, fold
+
+transformers = pytest.importorskip("transformers")
+
+BOS = 2
+
+
+def tiny_model(arch: str) -> torch.nn.Module:
+    """A randomly initialised 4-layer model with sliding-window layers (Gemma 3) or soft-capping."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, bos_token_id=BOS,
+                  pad_token_id=0, sliding_window=6)
+    if arch == "gemma3":
+        cfg = transformers.Gemma3TextConfig(
+            **common, layer_types=["sliding_attention", "full_attention"] * 2)
+        model = transformers.Gemma3ForCausalLM(cfg)
+    else:
+        cfg = transformers.Gemma2Config(**common, final_logit_softcapping=5.0)
+        model = transformers.Gemma2ForCausalLM(cfg)
+    return model.eval().requires_grad_(False)
+
+
+def tiny_tokens(n_seq: int = 5, seq_len: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    tok = rng.integers(3, 97, size=(n_seq, seq_len))
+    tok[:, 0] = BOS
+    return tok
+
+
+def sparse_data(n: int, d: int = 32, m: int = 48, k: int = 3, seed: int = 0) -> np.ndarray:
+    """Tokens that are sums of k of m known unit directions (magnitudes 1-3) plus a mean."""
+    rng = np.random.default_rng(seed)
+    dic = rng.standard_normal((m, d))
+    dic /= np.linalg.norm(dic, axis=1, keepdims=True)
+    codes = np.zeros((n, m))
+    for row in codes:
+        row[rng.choice(m, k, replace=False)] = rng.uniform(1, 3, k)
+    return (codes @ dic + 5.0 * rng.standard_normal(d)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[np.ndarray, SAE, dict]:
+    x = sparse_data(12000)
+    cfg = TrainConfig(n_features=64, l0_coeff=0.05, batch_size=128, epochs=3, lr=5e-3,
+                      init_threshold=0.2, bandwidth=0.1, seed=3)
+    sae, card = train_sae(x[:10000], x[10000:], cfg, progress=False)
+    return x, sae, card
+
+
+def test_training_learns_sparse_dictionary(trained):
+    _, sae, card = trained
+    assert card["fvu"] < 0.2
+    assert 1 <= card["l0"] < 12
+    assert (sae.threshold > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(sae.W_dec, axis=1), 1.0, atol=1e-5)
+    assert card["tokens_seen"] == card["steps"] * 128
+    assert quality_flag(card) == []
+
+
+def test_training_is_deterministic_and_scale_free(trained):
+    """Same seed, same data -> same SAE; data x 7 -> the same SAE with b, theta scaled by 7.
+
+    The second half checks that the input normalisation is folded back correctly: the saved SAE
+    must act on raw activations.
+    """
+    x, sae, card = trained
+    cfg = TrainConfig(**card["hyperparameters"])
+    again, _ = train_sae(x[:10000], x[10000:], cfg, progress=False)
+    np.testing.assert_array_equal(again.W_enc, sae.W_enc)
+    big, big_card = train_sae(7 * x[:10000], 7 * x[10000:], cfg, progress=False)
+    np.testing.assert_allclose(big.W_enc, sae.W_enc, atol=2e-3)
+    np.testing.assert_allclose(big.threshold, 7 * sae.threshold, rtol=2e-3)
+    np.testing.assert_allclose(big.b_dec, 7 * sae.b_dec, rtol=2e-3)
+    assert big_card["fvu"] == pytest.approx(card["fvu"], abs=2e-3)
+
+
+def test_quality_flag_names_each_problem():
+    card = {"hyperparameters": {"n_features": 100}, "fvu": 0.7, "l0": 60.0,
+            "dead_fraction": 0.9}
+    reasons = quality_flag(card)
+    assert len(reasons) == 3 and "FVU" in reasons[0] and "L0" in reasons[1]
+
+
+# ---------------------------------------------------------------- substitution
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
+def test_substitution_true_state_is_exact(arch):
+    model = tiny_model(arch)
+    tokens = tiny_tokens()
+    pairs = {0: {"true": true_state, "skip": layer_skip}, 2: {"true": true_state}}
+    res = evaluate_substitutions(model, tokens, pairs, bos_token_id=BOS, batch_size=2,
+                                 head_chunk=7, progress=False)
+    # The clean loss is the model's own loss without predictions made at BOS.
+    ids = torch.from_numpy(tokens)
+    labels = ids.clone()
+    labels[:, 1] = -100
+    with torch.no_grad():
+        hf_loss = float(model(input_ids=ids, labels=labels).loss)
+    for t in (0, 2):
+        r = res[t]["true"]
+        assert r["ce_clean"] == pytest.approx(hf_loss, abs=1e-5)
+        assert r["delta_loss"] == pytest.approx(0.0, abs=1e-5)
+        assert r["ev"] == pytest.approx(1.0, abs=1e-6)
+        assert r["n_tokens"] == tokens.size - len(tokens)
+        assert r["n_loss_tokens"] == (tokens.shape[1] - 2) * len(tokens)
+    skip = res[0]["skip"]
+    assert skip["ev"] < 1.0 and abs(skip["delta_loss"]) > 1e-3 and skip["delta_loss_se"] > 0
+
+
+def test_substitution_rejects_bad_pairs_and_shapes():
+    model = tiny_model("gemma3")
+    with pytest.raises(SAEMatchError, match="out of range"):
+        evaluate_substitutions(model, tiny_tokens(), {3: {"t": true_state}}, bos_token_id=BOS,
+                               progress=False)
+    with pytest.raises(SAEMatchError, match="shape"):
+        evaluate_substitutions(model, tiny_tokens(), {0: {"bad": lambda a, b: a[:1]}},
+                               bos_token_id=BOS, progress=False)
+
+
+def test_activations_are_block_outputs(tmp_path: Path):
+    model = tiny_model("gemma3")
+    tokens = tiny_tokens()
+    path = tmp_path / "acts.h5"
+    collect_activations(model, tokens, [0, 2], path, bos_token_id=BOS, batch_size=2)
+    with torch.no_grad():
+        hs = model(input_ids=torch.from_numpy(tokens), output_hidden_states=True).hidden_states
+    keep = torch.from_numpy(tokens != BOS)
+    for L in (0, 2):
+        np.testing.assert_allclose(read_activations(path, L), hs[L + 1][keep].numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# ---------------------------------------------------------------- matching score
+
+
+def test_matching_score_recovers_the_true_permutation():
+    d = n = 24
+    rng = np.random.default_rng(0)
+    q = rng.permutation(n)
+    eye = np.eye(d, dtype=np.float32)
+    zeros = np.zeros(n, dtype=np.float32)
+    thr = np.full(n, 0.5, dtype=np.float32)
+    sae_t = SAE(W_enc=eye, b_enc=zeros, W_dec=eye, b_dec=zeros, threshold=thr)
+    # Layer t+1's feature q[i] reads coordinate i: the true matching is q.
+    w = np.zeros((d, n), dtype=np.float32)
+    w[np.arange(d), q] = 1
+    sae_t1 = SAE(W_enc=w, b_enc=zeros, W_dec=w.T.copy(), b_dec=zeros, threshold=thr)
+    x = (rng.random((2000, d)) < 0.1).astype(np.float32)
+    ms = matching_score(sae_t, sae_t1, x, x, q, batch=300)
+    assert ms.score == pytest.approx(1.0)
+    assert ms.null == pytest.approx(0.1, abs=0.03)
+    assert ms.n_supported == n
+    assert matching_score(sae_t, sae_t1, x, x, np.arange(n)).score < 0.3
+    # A folded SAE fires on the same tokens: the score does not depend on folding.
+    assert matching_score(fold(sae_t), fold(sae_t1), x, x, q).score == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+class CharTokenizer:
+    """Stand-in tokenizer: one token per character."""
+
+    bos_token_id = BOS
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [3 + ord(c) % 90 for c in text]}
+
+
+def test_corpus_split_is_disjoint_deterministic_and_recorded(tmp_path: Path):
+    for i in range(40):
+        sub = tmp_path / f"d{i % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{i}.txt").write_text(f"file {i} " * (5 + i))
+    (tmp_path / "d0" / "skip.py").write_text("not matched")
+    src = TextSource("toy", str(tmp_path), ".txt")
+    files = src.files()
+    assert len(files) == 40
+    train, evals = split_files(files, 0.25)
+    assert not set(train) & set(evals) and len(train) + len(evals) == 40
+    assert (train, evals) == split_files(list(reversed(files)), 0.25)
+    corpus = build_corpus(CharTokenizer(), src, train, seq_len=16, n_tokens=300,
+                          max_seqs_per_file=2)
+    assert corpus.tokens.shape == (19, 16) and (corpus.tokens[:, 0] == BOS).all()
+    assert set(corpus.files) <= {f.as_posix() for f in train}
+    assert np.bincount(corpus.seq_file).max() <= 2
+    write_corpus(tmp_path / "c.h5", corpus)
+    back = read_corpus(tmp_path / "c.h5")
+    np.testing.assert_array_equal(back.tokens, corpus.tokens)
+    assert back.files == corpus.files and back.meta == corpus.meta
+    with pytest.raises(SAEMatchError, match="requested"):
+        build_corpus(CharTokenizer(), src, train[:1], seq_len=16, n_tokens=10_000)

@@ -1,0 +1,221 @@
+"""End-to-end workflow runs on planted families: results, determinism, incremental runs,
+resuming after SIGKILL, and clean failures on bad input."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, dry_run_jobs, random_sae, snakemake
+
+from saematch.sae import SAE, save_sae
+from saematch.synthetic import PlantedSpec, planted_family
+
+pytestmark = pytest.mark.slow
+
+
+def perms(workdir: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for f in sorted((workdir / "results/assign").rglob("*.h5")):
+        with h5py.File(f) as h5:
+            out[str(f.relative_to(workdir))] = h5["perm"][()]
+    return out
+
+
+def outputs(workdir: Path) -> dict[str, float]:
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns
+            for p in (workdir / "results").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    import yaml
+
+    config = yaml.safe_load((REPO / "tests/config/test.yaml").read_text())
+    workdir = tmp_path_factory.mktemp("full")
+    proc = snakemake(workdir, config=config)
+    return workdir, config, proc
+
+
+def test_full_run_recovers_planted_permutation(full_run):
+    workdir, config, _ = full_run
+    table = pd.read_csv(workdir / "results/metrics/summary.tsv", sep="\t")
+    assert len(table) == 4 * 3  # variants x pairs
+    folded = table[table.variant == "folded"]
+    assert (folded.planted_recovered == 1.0).all()
+    assert (folded.status == "optimal").all()
+    ident = table[table.variant == "identity"]
+    assert (ident.planted_recovered < 0.05).all()
+    assert (folded.mse_mean.values < ident.mse_mean.values).all()
+    persistence = pd.read_csv(workdir / "results/persistence/width_128/table.tsv", sep="\t")
+    assert list(persistence.distance) == [1, 2]
+    assert persistence.survival[0] > persistence.survival[1] > 0.3
+    for name in ("matched_mse", "mse_distributions", "persistence", "thresholds"):
+        png = workdir / f"results/figures/width_128/{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    with h5py.File(workdir / "results/costs/folded/width_128/0-1.h5") as h5:
+        assert h5["cost"].shape == (128, 128)
+        assert list(h5.attrs["terms"]) == ["decoder", "encoder", "b_enc"]
+        assert h5.attrs["folded"] and h5.attrs["metric"] == "sqeuclidean"
+    # no temporary files left behind
+    assert not [p for p in (workdir / "results").rglob(".*tmp*")]
+
+
+def test_warm_rerun_does_nothing(full_run):
+    workdir, config, _ = full_run
+    assert dry_run_jobs(workdir, config) == []
+
+
+def test_same_inputs_give_identical_permutations(full_run, tmp_path):
+    workdir, config, _ = full_run
+    targets = [f"results/assign/folded/width_128/{a}-{a + 1}.h5" for a in range(3)]
+    snakemake(tmp_path, *targets, config=config)
+    first, second = perms(workdir), perms(tmp_path)
+    assert second and all(np.array_equal(first[k], v) for k, v in second.items())
+
+
+@pytest.mark.parametrize("change, new_markers", [
+    (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",)),
+    (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4")),  # 2-4: direct, distance 2
+    (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",)),
+])
+def test_config_growth_runs_only_new_jobs(full_run, change, new_markers):
+    workdir, config, _ = full_run
+    grown = copy.deepcopy(config)
+    change(grown)
+    jobs = dry_run_jobs(workdir, grown)
+    aggregates = {"metrics_table", "persistence", "figures", "all"}
+    new = [(r, o) for r, o in jobs if r not in aggregates]
+    assert new, "growing the config must add jobs"
+    assert all(any(m in o for m in new_markers) for _, o in new), new
+    if new_markers == ("width_64",):  # old width's aggregates stay untouched
+        assert not [o for r, o in jobs if r in aggregates and "width_128" in o]
+
+
+def test_killed_run_resumes_to_the_same_results(full_run, tmp_path):
+    ref_dir, config, _ = full_run
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+           "--cores", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "results").rglob("*.h5"))) < 8:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = outputs(tmp_path)
+    assert before and "results/metrics/summary.tsv" not in before
+    snakemake(tmp_path, "--unlock", config=config)  # SIGKILL leaves Snakemake's lock behind
+    snakemake(tmp_path, config=config)
+    after = outputs(tmp_path)
+    redone = [k for k, t in before.items() if after[k] != t]
+    assert len(redone) <= 2, f"finished jobs were redone: {redone}"  # at most the one in flight
+    ref, got = perms(ref_dir), perms(tmp_path)
+    assert ref.keys() == got.keys() and all(np.array_equal(ref[k], got[k]) for k in ref)
+    assert (tmp_path / "results/metrics/summary.tsv").read_text() == \
+        (ref_dir / "results/metrics/summary.tsv").read_text()
+
+
+def local_config(root: Path, layers=(0, 1, 2)) -> dict:
+    return {"source": {"kind": "local", "local": {"root": str(root)}}, "layers": list(layers),
+            "widths": {"64": {"folder": "planted"}},
+            "variants": {"folded": {}, "identity": {"method": "identity"}},
+            "persistence": {"max_distance": 1}}
+
+
+def corrupt(path: Path, **changes) -> None:
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({k: v(arrays[k]) for k, v in changes.items()})
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda p: corrupt(p, W_dec=lambda a: np.where(a > 0.3, np.nan, a)),
+     "W_dec has {} non-finite"),
+    (lambda p: corrupt(p, threshold=lambda a: np.where(np.arange(len(a)) == 5, -1.0, a)),
+     "threshold must be > 0"),
+    (lambda p: p.write_bytes(p.read_bytes()[:3000]), "cannot read"),
+    (lambda p: p.unlink(), "Missing input files"),
+])
+def test_bad_input_fails_clearly_with_no_output(tmp_path, break_it, message):
+    spec = PlantedSpec(n_features=64, d_model=16)
+    files = planted_family(spec, [0, 1, 2], tmp_path / "saes", "64")
+    break_it(files[1])
+    proc = snakemake(tmp_path, config=local_config(tmp_path / "saes"), check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert str(files[1]) in err or "layer_1/width_64/planted/params.npz" in err, err[-3000:]
+    assert message.split("{}")[0] in err, err[-3000:]
+    assert not (tmp_path / "results/folded/width_64/layer_1.npz").exists()
+    assert not (tmp_path / "results/metrics/summary.tsv").exists()
+
+
+def test_d_model_mismatch_fails_clearly(tmp_path):
+    files = planted_family(PlantedSpec(n_features=64, d_model=16), [0, 1], tmp_path / "s", "64")
+    save_sae(files[1], random_sae(n=64, d=12))
+    proc = snakemake(tmp_path, config=local_config(tmp_path / "s", (0, 1)), check=False)
+    assert proc.returncode != 0
+    assert "d_model mismatch" in proc.stderr and "layer_1" in proc.stderr
+    assert not list((tmp_path / "results").rglob("assign/**/*.h5"))
+
+
+def test_unknown_config_key_is_refused(tmp_path, test_config):
+    test_config["costs"]["blok"] = 10
+    proc = snakemake(tmp_path, "-n", config=test_config, check=False)
+    assert proc.returncode != 0 and "blok" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_hub_source_reads_a_prefilled_cache_offline(tmp_path):
+    """The Hub path runs for real against a pre-filled cache, as on a cluster without internet."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    snap = tmp_path / "hub/models--google--gemma-scope-test/snapshots" / sha
+    planted_family(PlantedSpec(n_features=64, d_model=16), [0, 1], snap, "64", "average_l0_9")
+    refs = tmp_path / "hub/models--google--gemma-scope-test/refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(sha)
+    config = {"source": {"kind": "hub", "hub": {"repo_id": "google/gemma-scope-test",
+                                                 "revision": sha}},
+              "layers": [0, 1], "widths": {"64": {"folder": {"0": "average_l0_9",
+                                                                "1": "average_l0_9"}}},
+              "variants": {"folded": {}}, "persistence": {"max_distance": 1}}
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_TOKEN": "hf_secret_do_not_log"}
+    snakemake(tmp_path, "results/assign/folded/width_64/0-1.h5", config=config, env=env)
+    manifest = json.loads((tmp_path / "results/fetched/width_64/layer_1.json").read_text())
+    assert manifest["path"].startswith(str(snap.resolve()))
+    assert manifest["filename"] == "layer_1/width_64/average_l0_9/params.npz"
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".h5"}
+              and b"hf_secret_do_not_log" in p.read_bytes()]
+    assert not leaked
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile",
+                           str(REPO / "Snakefile")], capture_output=True, text=True, cwd=REPO)
+    assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
+
+
+def test_step_functions_are_importable_like_the_scripts(tmp_path):
+    """PyPSA-Eur style: a rule's step is a plain function a test can call."""
+    from saematch.steps import fold_step
+
+    save_sae(tmp_path / "p.npz", random_sae())
+    fold_step(tmp_path / "p.npz", tmp_path / "f.npz")
+    with np.load(tmp_path / "f.npz", allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["threshold"], 1.0)
+        assert SAE.__name__ and f["scale"].shape == (64,)
