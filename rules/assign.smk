@@ -11,6 +11,7 @@ rule assign:
         layers=lambda wc: (int(wc.a), int(wc.b)),
     resources:
         mem_mb=mem_mb_assign,
+        runtime=runtime_min,
     conda:
         "../envs/torch.yaml"
     log:

@@ -50,6 +50,14 @@ def sae_source(layer, width):
     return str(local_sae_path(config["source"]["local"]["root"], layer, width, folder))
 
 
+def solver(width):
+    """`auto` uses scipy's dense LAP up to `assign.dense_max_features`, the certificate above."""
+    choice = config["assign"]["solver"]
+    if choice != "auto":
+        return choice
+    return "dense" if width_features(width) <= config["assign"]["dense_max_features"] else "certified"
+
+
 def variant(name):
     return config["variants"][name]
 
@@ -103,16 +111,25 @@ def all_targets():
     return targets
 
 
-# Resources grow with the width: a dense n x n float32 cost block set, and scipy's float64 copy.
-def mem_mb_costs(wc):
+# Resources grow with the width (a 65k pair asks for 16x the memory of a 16k pair) and with
+# the attempt, so a job that was killed for memory is resubmitted with more (--retries).
+def mem_mb_costs(wc, attempt):
     n = width_features(wc.width)
-    return 2048 + (n * n * 4 + 3 * min(config["costs"]["block"], n) * n * 8) // 2**20
+    dense = n * n * 4 if solver(wc.width) == "dense" else n * 64 * config["assign"]["k"]
+    block = 3 * min(config["costs"]["block"], n) * n * 8
+    return attempt * (2048 + (dense + block + 2 * n * 4609 * 4) // 2**20)
 
 
-def mem_mb_assign(wc):
+def mem_mb_assign(wc, attempt):
     n = width_features(wc.width)
-    return 2048 + (n * n * 20) // 2**20
+    dense = n * n * 20 if solver(wc.width) == "dense" else n * 64 * config["assign"]["k"]
+    return attempt * (2048 + (dense + 2 * n * 4609 * 4) // 2**20)
 
 
-def mem_mb_sae(wc):
-    return 2048 + width_features(wc.width) * 2304 * 4 * 6 // 2**20
+def mem_mb_sae(wc, attempt):
+    return attempt * (2048 + width_features(wc.width) * 2304 * 4 * 6 // 2**20)
+
+
+def runtime_min(wc, attempt):
+    """Minutes: a 16k pair takes a few minutes on a CPU node; dense cost grows with n^2."""
+    return attempt * (20 + 10 * (width_features(wc.width) // 16384) ** 2)

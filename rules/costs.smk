@@ -14,6 +14,7 @@ rule cost_matrix:
         device=config["costs"]["device"],
     resources:
         mem_mb=mem_mb_costs,
+        runtime=runtime_min,
     conda:
         "../envs/torch.yaml"
     log:

@@ -23,7 +23,7 @@ rule persistence:
         direct_pairs=direct_pairs(),
         max_distance=PERSIST["max_distance"],
     resources:
-        mem_mb=lambda wc: len(LAYERS) * mem_mb_sae(wc),
+        mem_mb=lambda wc, attempt: len(LAYERS) * mem_mb_sae(wc, attempt),
     conda:
         "../envs/core.yaml"
     log:

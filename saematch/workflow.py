@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -22,6 +24,9 @@ def run(snakemake: Any, step: Callable[[Any], None]) -> None:
     with open(snakemake.log[0], "w") as logfile, contextlib.redirect_stderr(logfile):
         logging.basicConfig(stream=logfile, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(message)s")
+        log = logging.getLogger("saematch")
+        log.info("rule %s on %s, SLURM_JOB_ID=%s", rule, socket.gethostname(),
+                 os.environ.get("SLURM_JOB_ID", "-"))
         try:
             step(snakemake)
         except SAEMatchError as exc:
