@@ -50,12 +50,12 @@ def sae_source(layer, width):
     return str(local_sae_path(config["source"]["local"]["root"], layer, width, folder))
 
 
-def solver(width):
+def solver_of(n_features):
     """`auto` uses scipy's dense LAP up to `assign.dense_max_features`, the certificate above."""
     choice = config["assign"]["solver"]
     if choice != "auto":
         return choice
-    return "dense" if width_features(width) <= config["assign"]["dense_max_features"] else "certified"
+    return "dense" if n_features <= config["assign"]["dense_max_features"] else "certified"
 
 
 def variant(name):
@@ -113,17 +113,23 @@ def all_targets():
 
 # Resources grow with the width (a 65k pair asks for 16x the memory of a 16k pair) and with
 # the attempt, so a job that was killed for memory is resubmitted with more (--retries).
-def mem_mb_costs(wc, attempt):
-    n = width_features(wc.width)
-    dense = n * n * 4 if solver(wc.width) == "dense" else n * 64 * config["assign"]["k"]
+def _streamed_bytes(n):
+    """Both layers' feature vectors (Gemma Scope: D = 2 * 2304 + 1), the GEMM blocks in flight
+    and, for the certified solver, the candidate graph."""
     block = 3 * min(config["costs"]["block"], n) * n * 8
-    return attempt * (2048 + (dense + block + 2 * n * 4609 * 4) // 2**20)
+    candidates = n * 64 * config["assign"]["k"] if solver_of(n) == "certified" else 0
+    return 2 * n * 4609 * 4 + block + candidates
+
+
+def mem_mb_costs(wc, attempt):
+    return attempt * (2048 + _streamed_bytes(width_features(wc.width)) // 2**20)
 
 
 def mem_mb_assign(wc, attempt):
+    """Dense: the float32 matrix, scipy's float64 copy and its work arrays (~20 bytes a pair)."""
     n = width_features(wc.width)
-    dense = n * n * 20 if solver(wc.width) == "dense" else n * 64 * config["assign"]["k"]
-    return attempt * (2048 + (dense + 2 * n * 4609 * 4) // 2**20)
+    need = n * n * 20 if solver_of(n) == "dense" else _streamed_bytes(n)
+    return attempt * (2048 + need // 2**20)
 
 
 def mem_mb_sae(wc, attempt):

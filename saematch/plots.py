@@ -40,7 +40,7 @@ def matched_mse(loaded: Loaded, pairs: list[tuple[int, int]], width: str,
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax2.plot(x, [s["frac_matched"] for _, s in items], marker="o", label=variant)
     first = next(iter(loaded.values()))
-    ax.plot(x, [s["random_mse_mean"] for _, s in first], "k--", lw=1, label="random permutation")
+    ax.plot(x, [s["random_mse_mean"] for _, s in first], "k--", lw=1, label="random permutation (mean)")
     ax.set_yscale("log")
     ax.set_ylabel("matched MSE per feature (folded space)")
     ax.set_title(f"Matched MSE per layer pair (width {width}); band = IQR")

@@ -219,3 +219,19 @@ def test_step_functions_are_importable_like_the_scripts(tmp_path):
     with np.load(tmp_path / "f.npz", allow_pickle=False) as f:
         np.testing.assert_array_equal(f["threshold"], 1.0)
         assert SAE.__name__ and f["scale"].shape == (64,)
+
+
+def test_cluster_resources_grow_with_width(tmp_path):
+    """The Gemma Scope config plans 65k jobs with more memory and time than 16k ones."""
+    proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/gemma-scope-2b.yaml"))
+    mem: dict[str, set[int]] = {}
+    rule = width = None
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.startswith("wildcards:"):
+            width = dict(kv.split("=") for kv in line[10:].replace(" ", "").split(",")).get("width")
+        elif line.startswith("resources:") and rule in ("cost_matrix", "assign"):
+            mem.setdefault(width, set()).add(int(line.split("mem_mb=")[1].split(",")[0]))
+    assert min(mem["65k"]) > max(mem["16k"]) > 2048
