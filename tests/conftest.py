@@ -59,6 +59,17 @@ def dry_run_jobs(workdir: Path, config: dict) -> list[tuple[str, str]]:
     return jobs
 
 
+def assignment_perms(workdir: Path) -> dict[str, np.ndarray]:
+    """Every ``perm`` under ``workdir/results/assign``, keyed by relative path."""
+    import h5py
+
+    out = {}
+    for f in sorted((workdir / "results/assign").rglob("*.h5")):
+        with h5py.File(f) as h5:
+            out[str(f.relative_to(workdir))] = h5["perm"][()]
+    return out
+
+
 @pytest.fixture
 def test_config() -> dict:
     return yaml.safe_load((REPO / "tests/config/test.yaml").read_text())

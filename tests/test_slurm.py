@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, snakemake
+from conftest import REPO, assignment_perms, snakemake
 from slurm_util import live_cluster, slurm_available
 
 from saematch.synthetic import PlantedSpec, planted_family
@@ -28,14 +27,6 @@ def submit(workdir: Path, config: dict) -> subprocess.CompletedProcess:
          "--directory", str(workdir), "--workflow-profile", str(REPO / "profiles/slurm-test"),
          "--retries", "0", "--jobs", "4", "--configfile", str(workdir / "config.yaml")],
         capture_output=True, text=True, timeout=900)
-
-
-def results(workdir: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for f in sorted((workdir / "results/assign").rglob("*.h5")):
-        with h5py.File(f) as h5:
-            out[str(f.relative_to(workdir))] = h5["perm"][()]
-    return out
 
 
 def test_workflow_runs_as_slurm_jobs_and_resumes(tmp_path):
@@ -78,7 +69,7 @@ def test_workflow_runs_as_slurm_jobs_and_resumes(tmp_path):
         local_rule = log.parent.name == "figures"
         assert bool(re.search(r"SLURM_JOB_ID=\d+", log.read_text())) != local_rule, log
     # identical results to the local run
-    ref, got = results(local), results(cluster)
+    ref, got = assignment_perms(local), assignment_perms(cluster)
     assert ref.keys() == got.keys() and all(np.array_equal(ref[k], got[k]) for k in ref)
     assert (cluster / "results/metrics/summary.tsv").read_text() == \
         (local / "results/metrics/summary.tsv").read_text()

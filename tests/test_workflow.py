@@ -16,19 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, dry_run_jobs, random_sae, snakemake
+from conftest import assignment_perms as perms
 
 from saematch.sae import SAE, save_sae
 from saematch.synthetic import PlantedSpec, planted_family
 
 pytestmark = pytest.mark.slow
-
-
-def perms(workdir: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for f in sorted((workdir / "results/assign").rglob("*.h5")):
-        with h5py.File(f) as h5:
-            out[str(f.relative_to(workdir))] = h5["perm"][()]
-    return out
 
 
 def outputs(workdir: Path) -> dict[str, float]:
