@@ -1,4 +1,5 @@
-# Stage 4: exact linear assignment per layer pair and variant (identity needs no costs).
+# Stage 4: exact linear assignment per layer pair and variant: scipy's dense LAP, or the
+# certified sparse solver (candidates + dual optimality certificate); identity needs no costs.
 
 
 rule assign:
@@ -9,6 +10,9 @@ rule assign:
     params:
         variant=lambda wc: variant(wc.variant),
         layers=lambda wc: (int(wc.a), int(wc.b)),
+        certified={k: config["assign"][k] for k in ("k", "time_limit")},
+        block=config["costs"]["block"],
+        device=config["costs"]["device"],
     resources:
         mem_mb=mem_mb_assign,
         runtime=runtime_min,

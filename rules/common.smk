@@ -70,9 +70,15 @@ def vectors_input(wc, layer):
 
 
 def assign_input(wc):
+    """Identity needs only the SAEs; dense LAP the cost matrix; certified the candidate graph and
+    the SAEs (its certificate streams over every pair)."""
+    saes = {"sae_a": vectors_input(wc, wc.a), "sae_b": vectors_input(wc, wc.b)}
     if variant(wc.variant)["method"] == "identity":
-        return {"sae_a": vectors_input(wc, wc.a), "sae_b": vectors_input(wc, wc.b)}
-    return {"cost": f"results/costs/{wc.variant}/width_{wc.width}/{wc.a}-{wc.b}.h5"}
+        return saes
+    pair = f"{wc.variant}/width_{wc.width}/{wc.a}-{wc.b}.h5"
+    if solver_of(width_features(wc.width)) == "dense":
+        return {"cost": f"results/costs/{pair}"}
+    return {"candidates": f"results/candidates/{pair}", **saes}
 
 
 def truth_input(wc):

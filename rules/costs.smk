@@ -1,4 +1,5 @@
-# Stage 3: cost matrix of each layer pair and matching variant (blockwise GEMM, GPU if present).
+# Stage 3: costs of each layer pair and matching variant (blockwise GEMM, GPU if present):
+# the dense matrix for the dense solver, the candidate graph for the certified one.
 
 
 rule cost_matrix:
@@ -21,3 +22,26 @@ rule cost_matrix:
         "logs/cost_matrix/{variant}/width_{width}/{a}-{b}.log",
     script:
         "../scripts/cost_matrix.py"
+
+
+rule candidate_graph:
+    input:
+        sae_a=lambda wc: vectors_input(wc, wc.a),
+        sae_b=lambda wc: vectors_input(wc, wc.b),
+    output:
+        graph="results/candidates/{variant}/width_{width}/{a}-{b}.h5",
+    params:
+        variant=lambda wc: variant(wc.variant),
+        layers=lambda wc: (int(wc.a), int(wc.b)),
+        k=config["assign"]["k"],
+        block=config["costs"]["block"],
+        device=config["costs"]["device"],
+    resources:
+        mem_mb=mem_mb_costs,
+        runtime=runtime_min,
+    conda:
+        "../envs/torch.yaml"
+    log:
+        "logs/candidate_graph/{variant}/width_{width}/{a}-{b}.log",
+    script:
+        "../scripts/candidate_graph.py"

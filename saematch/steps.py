@@ -50,17 +50,39 @@ def cost_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
         "layer_a": layers[0], "layer_b": layers[1]})
 
 
+def candidates_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
+                    layers: tuple[int, int], k: int, block: int, device: str) -> None:
+    """The certified solver's candidate graph (O(n k) memory) instead of a dense matrix."""
+    from .certified import candidate_graph, write_candidates
+
+    v = Variant.from_config(name, variant)
+    A, B = variant_vectors(load_sae(sae_a), load_sae(sae_b), v)
+    graph = candidate_graph(A, B, k, block=block, device=device)
+    log.info("candidate graph %s L%d->L%d: n=%d, k=%d, edges=%d", name, *layers, A.shape[0], k,
+             graph.nnz)
+    write_candidates(out, graph, {"variant": name, "terms": list(v.terms), "folded": v.folded,
+                                  "metric": v.metric, "layer_a": layers[0], "layer_b": layers[1]})
+
+
 def assign_step(out: Path_, variant: dict, name: str, layers: tuple[int, int], *,
-                cost: Path_ | None = None, sae_a: Path_ | None = None,
-                sae_b: Path_ | None = None) -> None:
-    """Dense LAP on a stored cost matrix, or the identity baseline scored in the variant space."""
+                cost: Path_ | None = None, candidates: Path_ | None = None,
+                sae_a: Path_ | None = None, sae_b: Path_ | None = None,
+                certified: dict | None = None, block: int = 4096, device: str = "auto") -> None:
+    """Dense LAP on a stored cost matrix, the certified solver on a stored candidate graph, or
+    the identity baseline scored in the variant space."""
     v = Variant.from_config(name, variant)
     if v.method == "identity":
         result = match(load_sae(sae_a), load_sae(sae_b), v)
+    elif candidates is not None:
+        from .certified import certified_assign, read_candidates
+
+        A, B = variant_vectors(load_sae(sae_a), load_sae(sae_b), v)
+        result = certified_assign(A, B, graph=read_candidates(candidates), block=block,
+                                  device=device, **(certified or {}))
     else:
         result = assign_dense(read_cost_matrix(cost))
-    log.info("%s L%d->L%d: solver=%s status=%s objective=%.6g", name, *layers,
-             result.solver, result.status, result.objective)
+    log.info("%s L%d->L%d: solver=%s status=%s objective=%.6g gap=%.3g", name, *layers,
+             result.solver, result.status, result.objective, result.gap)
     write_assignment(out, result, {"variant": name, "layer_a": layers[0], "layer_b": layers[1]})
 
 

@@ -76,6 +76,25 @@ def test_same_inputs_give_identical_permutations(full_run, tmp_path):
     assert second and all(np.array_equal(first[k], v) for k, v in second.items())
 
 
+def test_certified_solver_gives_the_dense_answer(full_run, tmp_path):
+    """`assign.solver: certified` stores candidate graphs, not dense matrices, and proves the
+    same optimum: identical permutations (the planted costs have a unique optimum)."""
+    workdir, config, _ = full_run
+    config = copy.deepcopy(config)
+    config["assign"] = {"solver": "certified", "k": 4}
+    targets = [f"results/assign/{v}/width_128/{a}-{a + 1}.h5" for v in ("folded", "cosine")
+               for a in range(3)]
+    snakemake(tmp_path, *targets, config=config)
+    assert not (tmp_path / "results/costs").exists()
+    assert len(list((tmp_path / "results/candidates").rglob("*.h5"))) == 6
+    dense, certified = perms(workdir), perms(tmp_path)
+    assert all(np.array_equal(dense[k], v) for k, v in certified.items())
+    for f in (tmp_path / "results/assign").rglob("*.h5"):
+        with h5py.File(f) as h5:
+            assert h5.attrs["solver"] == "certified" and h5.attrs["status"] == "optimal"
+            assert h5.attrs["gap"] <= 1e-6 * abs(h5.attrs["objective"])
+
+
 @pytest.mark.parametrize("change, new_markers", [
     (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",)),
     (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4")),  # 2-4: direct, distance 2
