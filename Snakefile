@@ -19,6 +19,7 @@ include: "rules/assign.smk"
 include: "rules/metrics.smk"
 include: "rules/persistence.smk"
 include: "rules/figures.smk"
+include: "rules/lm.smk"
 
 
 report: "report/workflow.rst"

@@ -11,6 +11,8 @@ wildcard_constraints:
     a=r"[0-9]+",
     b=r"[0-9]+",
     variant=r"[A-Za-z0-9_]+",
+    dataset=r"[A-Za-z0-9_]+",
+    split=r"train|eval",
 
 
 LAYERS = sorted(config["layers"])
@@ -19,6 +21,10 @@ WIDTHS = list(config["widths"])
 VARIANTS = list(config["variants"])
 SOURCE = config["source"]["kind"]
 PERSIST = config["persistence"]
+LM = config.get("lm", {})
+LM_DATASETS = list(LM.get("datasets", {}))
+if SOURCE == "trained" and not LM:
+    raise ValueError("config: source.kind 'trained' needs an 'lm' section (model, datasets)")
 
 
 def width_features(width):
@@ -45,6 +51,8 @@ def sae_source(layer, width):
         return f"results/synthetic/layer_{layer}/width_{width}/{folder}/params.npz"
     if SOURCE == "hub":
         return f"results/fetched/width_{width}/layer_{layer}.json"
+    if SOURCE == "trained":
+        return f"results/trained/layer_{layer}/width_{width}/{folder}/params.npz"
     from saematch.sources import local_sae_path
 
     return str(local_sae_path(config["source"]["local"]["root"], layer, width, folder))
@@ -104,6 +112,19 @@ def summary_keys():
             for w in WIDTHS for v in VARIANTS for a, b in PAIRS]
 
 
+def consecutive_assignments(width):
+    """Assignment files of every variant for the consecutive pairs, variant-major."""
+    return [f"results/assign/{v}/width_{width}/{a}-{b}.h5" for v in VARIANTS for a, b in PAIRS]
+
+
+def trained_card(layer, width):
+    return f"results/trained/layer_{layer}/width_{width}/{sae_folder(width, layer)}/card.json"
+
+
+def quality_keys():
+    return [{"width": w, "layer": layer} for w in WIDTHS for layer in LAYERS]
+
+
 def figure_files(width):
     names = ["matched_mse", "mse_distributions", "persistence", "thresholds"]
     return {n: f"results/figures/width_{width}/{n}.png" for n in names}
@@ -114,6 +135,11 @@ def all_targets():
     for w in WIDTHS:
         targets.append(f"results/persistence/width_{w}/table.tsv")
         targets.extend(figure_files(w).values())
+        if SOURCE == "trained":
+            targets += [f"results/lm/substitution/width_{w}.tsv",
+                        f"results/lm/matching_score/width_{w}.tsv"]
+    if SOURCE == "trained":
+        targets.append("results/lm/sae_quality.tsv")
     return targets
 
 

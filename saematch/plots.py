@@ -40,7 +40,8 @@ def matched_mse(loaded: Loaded, pairs: list[tuple[int, int]], width: str,
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
         ax2.plot(x, [s["frac_matched"] for _, s in items], marker="o", label=variant)
     first = next(iter(loaded.values()))
-    ax.plot(x, [s["random_mse_mean"] for _, s in first], "k--", lw=1, label="random permutation (mean)")
+    ax.plot(x, [s["random_mse_mean"] for _, s in first], "k--", lw=1,
+            label="random permutation (mean)")
     ax.set_yscale("log")
     ax.set_ylabel("matched MSE per feature (folded space)")
     ax.set_title(f"Matched MSE per layer pair (width {width}); band = IQR")
@@ -107,4 +108,63 @@ def thresholds(layers: list[int], thetas: list[np.ndarray], width: str,
     ax.set_title(f"JumpReLU thresholds per layer (width {width})")
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, path)
+
+
+def substitution(table: pd.DataFrame, width: str, path: str | os.PathLike) -> None:
+    """Explained variance and Delta L of each substitute per layer pair, one row per dataset."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4.2 * len(datasets)), squeeze=False)
+    for row, dataset in zip(axes, datasets):
+        sub = table[table["dataset"] == dataset]
+        for name, g in sub.groupby("substitute", sort=False):
+            g = g.sort_values("layer_a")
+            style = "-" if str(name).startswith("transfer_") else "--"
+            label = str(name).removeprefix("transfer_")
+            row[0].plot(g["layer_a"], g["ev"], style, marker="o", ms=4, label=label)
+            row[1].plot(g["layer_a"], g["delta_loss"], style, marker="o", ms=4, label=label)
+        row[0].set_ylabel("explained variance of layer t+1")
+        row[0].set_ylim(max(-1.0, row[0].get_ylim()[0]), 1.02)
+        row[1].set_ylabel("\u0394L (nats / token)")
+        row[1].set_yscale("symlog", linthresh=0.05)
+        for ax, what in zip(row, ("EV", "\u0394L")):
+            ax.set_xlabel("layer t (substitute for t+1)")
+            ax.set_title(f"{what}, {dataset} (width {width}); solid: matched, dashed: baselines")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def matching_score(table: pd.DataFrame, width: str, path: str | os.PathLike) -> None:
+    """Matching Score per layer pair and variant, with the random-permutation null."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, g in table.groupby("variant", sort=False):
+        ax.plot(g["layer_a"], g["score"], marker="o", label=variant)
+    null = table.groupby("layer_a")["null"].mean()
+    ax.plot(null.index, null.values, "k--", lw=1, label="random permutation")
+    ax.set_xlabel("layer t (pair t\u2192t+1)")
+    ax.set_ylabel("P(matched t+1 feature fires | t feature fires)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Matching Score (width {width})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def sae_quality(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Held-out FVU and L0 of every trained SAE per layer, one line per width."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for width, g in table.groupby("width", sort=False):
+        ax.plot(g["layer"], g["fvu"], marker="o", label=f"width {width}")
+        ax2.plot(g["layer"], g["l0"], marker="o", label=f"width {width}")
+        bad = g[g["flagged"].fillna("").astype(str) != ""]
+        ax.scatter(bad["layer"], bad["fvu"], s=120, facecolors="none", edgecolors="r")
+    ax.set_ylabel("held-out FVU (1 - explained variance)")
+    ax.set_title("SAE quality per layer (red circle: flagged)")
+    ax2.set_ylabel("mean L0 (active features per token)")
+    ax2.set_title("Sparsity per layer")
+    for a in (ax, ax2):
+        a.set_xlabel("layer")
+        a.grid(alpha=0.3)
+        a.legend()
     _save(fig, path)

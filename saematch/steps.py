@@ -27,6 +27,12 @@ log = logging.getLogger("saematch")
 Path_ = str | os.PathLike
 
 
+def split_by_variant(files: Sequence[Path_], variants: Sequence[str]) -> dict[str, list[Path_]]:
+    """Undo the variant-major flattening of per-pair files that rules pass as one input list."""
+    n = len(files) // len(variants)
+    return {v: list(files[i * n:(i + 1) * n]) for i, v in enumerate(variants)}
+
+
 def plant_step(spec: dict, n_features: int, layer: int, params: Path_, truth: Path_) -> None:
     write_planted_layer(PlantedSpec(n_features=n_features, **spec), layer, params, truth)
 

@@ -2,14 +2,13 @@
 import _pkg  # noqa: F401  (this checkout's package first)
 
 # isort: split
-from saematch.steps import figures_step
+from saematch.steps import figures_step, split_by_variant
 from saematch.workflow import run
 
 
 def main(s):
-    n = len(s.params.layers) - 1
-    metrics = {v: s.input.metrics[i * n:(i + 1) * n] for i, v in enumerate(s.params.variants)}
-    figures_step(metrics, s.params.layers, s.input.folded, s.input.persistence,
+    figures_step(split_by_variant(s.input.metrics, s.params.variants), s.params.layers,
+                 s.input.folded, s.input.persistence,
                  s.params.distribution_pairs, s.wildcards.width, dict(s.output.items()))
 
 

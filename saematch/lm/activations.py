@@ -1,0 +1,114 @@
+"""Residual stream after chosen decoder layers, streamed into HDF5.
+
+"After layer L" is the output hidden state of decoder block L (Gemma Scope's
+``blocks.L.hook_resid_post``, HF ``hidden_states[L + 1]``). It is taken with a forward hook on
+the block itself, because HF's last ``hidden_states`` entry can have the final norm applied.
+The forward pass is cut short after the deepest requested layer, so neither the remaining
+layers nor the (for Gemma, very wide) LM head are run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..atomic import atomic_path
+from ..errors import SAEMatchError
+from .model import decoder_layers
+
+
+class _Enough(Exception):
+    """Raised by the hook on the deepest requested layer to stop the forward pass early."""
+
+
+def block_output(out: Any) -> torch.Tensor:
+    """A decoder block returns its hidden state either bare or first in a tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+@contextlib.contextmanager
+def capture_layers(model: nn.Module, layers: Sequence[int],
+                   stop_after: bool = True) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, each forward fills ``{layer: output hidden state}``.
+
+    With ``stop_after`` the pass ends right after the deepest layer; run the model through
+    :func:`run_captured` so that early stop is not mistaken for an error.
+    """
+    blocks = decoder_layers(model)
+    bad = [L for L in layers if not 0 <= L < len(blocks)]
+    if bad:
+        raise SAEMatchError(f"layers {bad} out of range: model has {len(blocks)} decoder layers")
+    store: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def hook_for(L: int):
+        def hook(_mod: nn.Module, _args: Any, out: Any) -> None:
+            store[L] = block_output(out).detach()
+            if stop_after and L == last:
+                raise _Enough
+        return hook
+
+    handles = [blocks[L].register_forward_hook(hook_for(L)) for L in sorted(set(layers))]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_captured(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Forward ``input_ids`` (no KV cache), swallowing the early stop of :func:`capture_layers`."""
+    with contextlib.suppress(_Enough), torch.inference_mode():
+        model(input_ids=input_ids, use_cache=False)
+
+
+def collect_activations(model: nn.Module, tokens: np.ndarray, layers: Sequence[int],
+                        path: str | os.PathLike, *, bos_token_id: int, batch_size: int = 16,
+                        dtype: str = "float32", attrs: dict[str, Any] | None = None) -> None:
+    """Write dataset ``layer_{L}`` [n_tokens, d_model] per layer, BOS positions excluded.
+
+    Tokens are stored in sequence-major order (all non-BOS positions of sequence 0, then 1, ...);
+    ``keep`` [n_seq, seq_len] (bool) records which positions were stored. Memory is bounded by
+    one batch of hidden states; the file is written atomically.
+    """
+    keep = tokens != bos_token_id
+    n_tok = int(keep.sum())
+    d = model.config.hidden_size
+    device = next(model.parameters()).device
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        dsets = {L: h5.create_dataset(f"layer_{L}", shape=(n_tok, d), dtype=dtype,
+                                      chunks=(min(n_tok, 4096), d)) for L in layers}
+        h5.create_dataset("keep", data=keep)
+        h5.attrs["layers"] = np.asarray(sorted(layers), dtype=np.int64)
+        h5.attrs["meta"] = json.dumps(attrs or {}, sort_keys=True)
+        row = 0
+        with capture_layers(model, layers) as store:
+            for start in tqdm(range(0, len(tokens), batch_size), desc="activations",
+                              unit="batch"):
+                ids = torch.from_numpy(tokens[start:start + batch_size]).to(device)
+                run_captured(model, ids)
+                mask = torch.from_numpy(keep[start:start + batch_size]).to(device)
+                n = int(mask.sum())
+                for L in layers:
+                    dsets[L][row:row + n] = store[L][mask].float().cpu().numpy().astype(dtype)
+                row += n
+
+
+def read_activations(path: str | os.PathLike, layer: int,
+                     max_tokens: int | None = None) -> np.ndarray:
+    """Activations of one layer as float32 [n_tokens, d_model] (the first ``max_tokens``)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            ds = h5[f"layer_{layer}"]
+            return np.asarray(ds[: max_tokens if max_tokens is not None else len(ds)],
+                              dtype=np.float32)
+    except (OSError, KeyError) as exc:
+        raise SAEMatchError(f"{path}: cannot read activations of layer {layer} ({exc})") from exc

@@ -1,0 +1,10 @@
+"""Rule lm_activations: see saematch.lm.steps.activations_step."""
+import _pkg  # noqa: F401  (this checkout's package first)
+
+# isort: split
+from saematch.lm.steps import activations_step
+from saematch.workflow import run
+
+run(snakemake, lambda s: activations_step(  # noqa: F821
+    s.input.model, s.params.model, s.input.corpus, s.params.layers, s.params.batch_size,
+    s.output.activations))

@@ -1,0 +1,11 @@
+"""Rule lm_corpus: see saematch.lm.steps.corpus_step."""
+import _pkg  # noqa: F401  (this checkout's package first)
+
+# isort: split
+from saematch.lm.steps import corpus_step
+from saematch.workflow import run
+
+run(snakemake, lambda s: corpus_step(  # noqa: F821
+    s.input.model, s.wildcards.dataset, s.params.source, s.params.seq_len,
+    s.params.source["train_tokens"], s.params.source["eval_tokens"], s.params.eval_fraction,
+    s.output.train, s.output.eval))
