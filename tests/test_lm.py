@@ -60,7 +60,7 @@ def sparse_data(n: int, d: int = 32, m: int = 48, k: int = 3, seed: int = 0) -> 
 @pytest.fixture(scope="module")
 def trained() -> tuple[np.ndarray, SAE, dict]:
     x = sparse_data(12000)
-    cfg = TrainConfig(n_features=64, l0_coeff=0.05, batch_size=128, epochs=3, lr=5e-3,
+    cfg = TrainConfig(n_features=64, l0_coeff=0.5, batch_size=64, epochs=5, lr=2e-3,
                       init_threshold=0.2, bandwidth=0.1, seed=3)
     sae, card = train_sae(x[:10000], x[10000:], cfg, progress=False)
     return x, sae, card
@@ -68,29 +68,32 @@ def trained() -> tuple[np.ndarray, SAE, dict]:
 
 def test_training_learns_sparse_dictionary(trained):
     _, sae, card = trained
-    assert card["fvu"] < 0.2
-    assert 1 <= card["l0"] < 12
+    # 10k tokens is far too few to recover the planted dictionary (L0 3, FVU 0); these bounds
+    # only say that training works (an untrained SAE has FVU ~1 or L0 ~n/2).
+    assert card["fvu"] < 0.25
+    assert 1 <= card["l0"] < 24 and card["dead_fraction"] < 0.3
     assert (sae.threshold > 0).all()
     np.testing.assert_allclose(np.linalg.norm(sae.W_dec, axis=1), 1.0, atol=1e-5)
-    assert card["tokens_seen"] == card["steps"] * 128
+    assert card["tokens_seen"] == card["steps"] * 64
     assert quality_flag(card) == []
 
 
 def test_training_is_deterministic_and_scale_free(trained):
-    """Same seed, same data -> same SAE; data x 7 -> the same SAE with b, theta scaled by 7.
+    """Same seed, same data -> same SAE; data x 8 -> the same SAE with b, theta scaled by 8.
 
     The second half checks that the input normalisation is folded back correctly: the saved SAE
-    must act on raw activations.
+    must act on raw activations. (A power of two keeps the scaled training bit-identical.)
     """
     x, sae, card = trained
     cfg = TrainConfig(**card["hyperparameters"])
     again, _ = train_sae(x[:10000], x[10000:], cfg, progress=False)
     np.testing.assert_array_equal(again.W_enc, sae.W_enc)
-    big, big_card = train_sae(7 * x[:10000], 7 * x[10000:], cfg, progress=False)
-    np.testing.assert_allclose(big.W_enc, sae.W_enc, atol=2e-3)
-    np.testing.assert_allclose(big.threshold, 7 * sae.threshold, rtol=2e-3)
-    np.testing.assert_allclose(big.b_dec, 7 * sae.b_dec, rtol=2e-3)
-    assert big_card["fvu"] == pytest.approx(card["fvu"], abs=2e-3)
+    big, big_card = train_sae(8 * x[:10000], 8 * x[10000:], cfg, progress=False)
+    np.testing.assert_allclose(big.W_enc, sae.W_enc, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(big.threshold, 8 * sae.threshold, rtol=1e-6)
+    np.testing.assert_allclose(big.b_dec, 8 * sae.b_dec, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(big.b_enc, 8 * sae.b_enc, rtol=1e-6, atol=1e-6)
+    assert big_card["fvu"] == pytest.approx(card["fvu"], abs=1e-6)
 
 
 def test_quality_flag_names_each_problem():
@@ -123,6 +126,9 @@ def test_substitution_true_state_is_exact(arch):
         assert r["ev"] == pytest.approx(1.0, abs=1e-6)
         assert r["n_tokens"] == tokens.size - len(tokens)
         assert r["n_loss_tokens"] == (tokens.shape[1] - 2) * len(tokens)
+    strided = evaluate_substitutions(model, tokens, {1: {"true": true_state}}, bos_token_id=BOS,
+                                     loss_stride=3, progress=False)[1]["true"]
+    assert strided["delta_loss"] == 0.0 and strided["n_loss_tokens"] == 4 * len(tokens)
     skip = res[0]["skip"]
     assert skip["ev"] < 1.0 and abs(skip["delta_loss"]) > 1e-3 and skip["delta_loss_se"] > 0
 
@@ -156,7 +162,7 @@ def test_activations_are_block_outputs(tmp_path: Path):
 
 def test_matching_score_recovers_the_true_permutation():
     d = n = 24
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(12345)  # not the null's seed: its first draw would be q
     q = rng.permutation(n)
     eye = np.eye(d, dtype=np.float32)
     zeros = np.zeros(n, dtype=np.float32)
