@@ -1,6 +1,8 @@
 """Real-model library (saematch.lm) on synthetic data and tiny random HF models: no downloads."""
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from saematch.errors import SAEMatchError
 from saematch.lm.activations import collect_activations, read_activations
 from saematch.lm.matching_score import matching_score
+from saematch.lm.model import ModelSpec, decoder_layers, export_model, load_model
 from saematch.lm.substitution import evaluate_substitutions, layer_skip, true_state
 from saematch.lm.text import TextSource, build_corpus, read_corpus, split_files, write_corpus
 from saematch.lm.train import TrainConfig, quality_flag, train_sae
@@ -217,3 +220,48 @@ def test_corpus_split_is_disjoint_deterministic_and_recorded(tmp_path: Path):
     assert back.files == corpus.files and back.meta == corpus.meta
     with pytest.raises(SAEMatchError, match="requested"):
         build_corpus(CharTokenizer(), src, train[:1], seq_len=16, n_tokens=10_000)
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def save_tiny(folder: Path) -> torch.nn.Module:
+    """A tiny Gemma 3 plus a word-level tokenizer, saved as a normal HF folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "a", "b", "c"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>",
+                                               eos_token="<eos>", unk_token="<unk>",
+                                               pad_token="<pad>")
+    model = tiny_model("gemma3")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+def test_load_and_export_a_local_model(tmp_path: Path):
+    model = save_tiny(tmp_path / "src")
+    loaded, tok = load_model(ModelSpec.from_config({"name": str(tmp_path / "src")}))
+    assert tok.bos_token_id == BOS and len(decoder_layers(loaded)) == 4
+    assert not any(p.requires_grad for p in loaded.parameters())
+    export_model(ModelSpec(str(tmp_path / "src")), tmp_path / "copy")
+    again, _ = load_model(ModelSpec(str(tmp_path / "copy")))
+    for (k, v), (_, w) in zip(model.state_dict().items(), again.state_dict().items()):
+        torch.testing.assert_close(v, w, msg=k)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "src"]
+
+
+def test_model_spec_sources(monkeypatch, tmp_path: Path):
+    fake = types.ModuleType("fake_gguf_pkg")
+    fake.assemble = lambda: tmp_path / "weights" / "m.gguf"
+    monkeypatch.setitem(sys.modules, "fake_gguf_pkg", fake)
+    assert ModelSpec("pymodule:fake_gguf_pkg").source() == (str(tmp_path / "weights"), "m.gguf")
+    assert ModelSpec("org/name", gguf_file="x.gguf").source() == ("org/name", "x.gguf")
+    with pytest.raises(SAEMatchError, match="cannot import"):
+        ModelSpec("pymodule:no_such_module_here").source()
+    with pytest.raises(SAEMatchError, match="needs 'name'"):
+        ModelSpec.from_config({"gguf_file": "x"})
+    with pytest.raises(SAEMatchError, match="cannot load"):
+        load_model(ModelSpec(str(tmp_path / "missing")))

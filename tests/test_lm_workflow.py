@@ -51,6 +51,10 @@ def test_folded_matching_beats_identity_on_explained_variance(lm_run):
     assert (ev["transfer_folded"] > ev["transfer_identity"]).all(), ev
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "measured false at CI size (256 features, 12k training tokens, layers 6-8): folded transfer "
+    "EV -0.07/0.02 vs layer skip -2.69/-2.92 at 6->7 (code/prose) but 0.06/0.07 vs 0.49/0.51 at "
+    "7->8, i.e. 2 of 4 cells; strict, so it fails loudly once the claim starts to hold"))
 def test_substitute_beats_layer_skip_on_most_pairs(lm_run):
     workdir, _ = lm_run
     t = pd.read_csv(workdir / "results/lm/substitution/width_256.tsv", sep="\t")
@@ -60,11 +64,14 @@ def test_substitute_beats_layer_skip_on_most_pairs(lm_run):
 
 def test_training_is_reproducible_with_a_fixed_seed(lm_run):
     workdir, config = lm_run
-    params = workdir / "results/trained/layer_7/width_256/jumprelu/params.npz"
+    target = "results/trained/layer_7/width_256/jumprelu/params.npz"
+    params = workdir / target
     with np.load(params) as f:
         before = {k: f[k] for k in f.files}
-    snakemake(workdir, str(params), "--forcerun", "train_sae", "--allowed-rules", "train_sae",
+    mtime = params.stat().st_mtime_ns
+    snakemake(workdir, target, "--forcerun", "train_sae", "--allowed-rules", "train_sae",
               config=config)
+    assert params.stat().st_mtime_ns != mtime  # it really was trained again
     with np.load(params) as f:
         for k, v in before.items():
             np.testing.assert_array_equal(f[k], v)
