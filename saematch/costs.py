@@ -28,7 +28,8 @@ def cost_blocks(A: np.ndarray, B: np.ndarray, block: int = 4096, device: str = "
     dev = pick_device(device)
     tA = torch.from_numpy(A).to(dev)
     tB = torch.from_numpy(B).to(dev)
-    nb = (tB.double() ** 2).sum(1)
+    # column norms chunk by chunk: a float64 copy of all of B would double its memory
+    nb = torch.cat([(tB[i:i + block].double() ** 2).sum(1) for i in range(0, len(tB), block)])
     starts = range(0, A.shape[0], block)
     for start in tqdm(starts, desc="cost blocks", unit="block", disable=not progress):
         rows = slice(start, min(start + block, A.shape[0]))
