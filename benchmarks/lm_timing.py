@@ -132,8 +132,9 @@ class Bench:
                              for d in DATASETS])
         return (x if n_train is None else x[:n_train]), ev
 
-    def config(self, n: int) -> TrainConfig:
-        return TrainConfig(n_features=n, l0_coeff=self.a.l0_coeff, lr=self.a.lr,
+    def config(self, n: int, layer: int) -> TrainConfig:
+        return TrainConfig(n_features=n, seed=self.a.seed + layer,
+                           l0_coeff=self.a.l0_coeff, lr=self.a.lr,
                            threshold_lr=self.a.threshold_lr,
                            batch_size=self.a.batch_size, epochs=self.a.epochs,
                            init_threshold=self.a.init_threshold, bandwidth=self.a.bandwidth)
@@ -145,7 +146,8 @@ class Bench:
                 x, ev = self.data(self.a.sweep_layer, nt)
                 rec: dict[str, Any] = {}
                 with timed(rec, "time"):
-                    _, card = train_sae(x, ev, self.config(n), progress=False)
+                    _, card = train_sae(x, ev, self.config(n, self.a.sweep_layer),
+                                        progress=False)
                 r[f"L{self.a.sweep_layer}_n{n}_t{len(x)}"] = {
                     **rec, **{k: card[k] for k in ("fvu", "l0", "dead_fraction", "steps")}}
                 print(f"sweep n={n} tokens={len(x)}: {r[list(r)[-1]]}", flush=True)
@@ -163,7 +165,7 @@ class Bench:
             for n in todo:
                 rec: dict[str, Any] = {}
                 with timed(rec, "time"):
-                    sae, card = train_sae(x, ev, self.config(n), progress=False,
+                    sae, card = train_sae(x, ev, self.config(n, L), progress=False,
                                           source=f"L{L}_n{n}")
                 save_sae(self.dir / f"sae/L{L}_n{n}/params.npz", sae)
                 # Cards, not results.json, hold training results, so several processes can
@@ -227,7 +229,7 @@ class Bench:
                     ms = matching_score(sa, sb, x_ev[t], x_ev[t + 1], p)
                     out[t][f"transfer_{v.name}"].update(matching_score=ms.score,
                                                         matching_null=ms.null)
-            r[name] = {"timing": rec, "pairs": {str(t): v for t, v in out.items()}}
+            r[f"{name}_n{n}"] = {"timing": rec, "pairs": {str(t): v for t, v in out.items()}}
             print(f"subst {name}: {rec}", flush=True)
             self.save()
 
@@ -263,7 +265,7 @@ class Bench:
                   f"{tm['tokens']} tokens, {tm['time']['wall_s']:.1f} "
                   f"[{tm['time']['cpu_s']:.1f}] s; clean pass [{tm['clean_only']['cpu_s']:.1f}]"
                   f", per substitute [{per_sub:.2f}] s ==")
-            for t, makers in d["pairs"].items():
+            for t, makers in sorted(d["pairs"].items(), key=lambda kv: int(kv[0])):
                 print(f"pair {t}->{int(t) + 1}  (clean CE "
                       f"{next(iter(makers.values()))['ce_clean']:.3f})")
                 for m, v in makers.items():
@@ -296,6 +298,8 @@ def main() -> None:
                    help="layers the train stage trains (default: all)")
     p.add_argument("--l0-coeff", type=float, default=TrainConfig.l0_coeff)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed; layer L trains with seed + L, as the workflow does")
     p.add_argument("--threshold-lr", type=float, default=TrainConfig.threshold_lr)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--epochs", type=float, default=TrainConfig.epochs)

@@ -99,6 +99,14 @@ def test_training_is_deterministic_and_scale_free(trained):
     assert big_card["fvu"] == pytest.approx(card["fvu"], abs=1e-6)
 
 
+def test_bf16_training_matches_float32_quality(trained):
+    x, _, card = trained
+    cfg = TrainConfig(**{**card["hyperparameters"], "bf16": True})
+    sae16, card16 = train_sae(x[:10000], x[10000:], cfg, progress=False)
+    assert card16["fvu"] == pytest.approx(card["fvu"], abs=0.05)
+    assert sae16.W_enc.dtype == np.float32 and (sae16.threshold > 0).all()
+
+
 def test_quality_flag_names_each_problem():
     card = {"hyperparameters": {"n_features": 100}, "fvu": 0.7, "l0": 60.0,
             "dead_fraction": 0.9}

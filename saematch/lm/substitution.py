@@ -24,7 +24,7 @@ is computed in row chunks so the [tokens, vocab] logits never exist for a whole 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,11 +80,13 @@ class _Acc:
 
     sse: float = 0.0
     ce_sum: float = 0.0
-    seq_delta: list[float] | None = None
+    seq_delta: list[float] = field(default_factory=list)  # per sequence: sum of CE changes
 
 
 @dataclass
 class _CleanBatch:
+    """What the clean pass of one batch leaves for the substitutes."""
+
     outputs: list[torch.Tensor]  # per layer, [B, L, d]
     calls: list[tuple[tuple, dict]]  # per layer, (args after hidden_states, kwargs)
     ce: torch.Tensor  # [B, L], 0 where not counted
@@ -134,8 +136,7 @@ def _clean_pass(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor,
     return _CleanBatch(outputs, calls, ce)
 
 
-def _tail(model: nn.Module, layers: nn.ModuleList, clean: _CleanBatch, start: int,
-          h: torch.Tensor) -> torch.Tensor:
+def _tail(layers: nn.ModuleList, clean: _CleanBatch, start: int, h: torch.Tensor) -> torch.Tensor:
     """Run layers ``start..end`` on ``h`` with the arguments recorded in the clean pass."""
     for k in range(start, len(layers)):
         args, kwargs = clean.calls[k]
@@ -172,7 +173,7 @@ def evaluate_substitutions(model: nn.Module, tokens: np.ndarray,
         raise SAEMatchError(f"loss_stride must be >= 1, got {loss_stride}")
     loss_np[:, np.arange(tokens.shape[1]) % loss_stride != 0] = False
     d = model.config.hidden_size
-    acc = {t: {name: _Acc(seq_delta=[]) for name in makers} for t, makers in pairs.items()}
+    acc = {t: {name: _Acc() for name in makers} for t, makers in pairs.items()}
     mom = {t: [np.zeros(d), 0.0, 0] for t in pairs}  # per pair: sum x, sum ||x||^2, count
     ce_clean_sum = 0.0
     for s in tqdm(range(0, len(tokens), batch_size), desc="substitution", unit="batch",
@@ -202,7 +203,7 @@ def evaluate_substitutions(model: nn.Module, tokens: np.ndarray,
                     a.sse += float(((sub.astype(np.float64) - x64) ** 2).sum())
                     h = clean.outputs[t + 1].clone()
                     h[kmask] = torch.from_numpy(sub).to(device=device, dtype=h.dtype)
-                    h = _tail(model, layers, clean, t + 2, h)
+                    h = _tail(layers, clean, t + 2, h)
                     ce = _token_ce(model, h, targets, lmask, head_chunk)
                     a.ce_sum += float(ce.sum())
                     a.seq_delta += (ce - clean.ce).sum(1).tolist()
