@@ -229,9 +229,9 @@ def main() -> None:
     load = os.getloadavg()
     note = (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
             f"device={args.device}, k={args.k}, block={args.block}, seed={args.seed}; "
-            f"load average at end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (shared machine: "
-            "timings are noisy). Peak = peak RSS of the solver's own process, inputs A and B "
-            "(n x 4609 float32 each) included.")
+            f"load average at end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (above the "
+            "benchmark's own ~2, other jobs slowed it). Peak = peak RSS of the solver's own "
+            "process, inputs A and B (n x 4609 float32 each) included.")
     md = table(rows) + "\n\n" + note + "\n"
     print(md)
     (OUT / "bench_assign.md").write_text(md)

@@ -176,8 +176,10 @@ def evaluate_substitutions(model: nn.Module, tokens: np.ndarray,
     acc = {t: {name: _Acc() for name in makers} for t, makers in pairs.items()}
     mom = {t: [np.zeros(d), 0.0, 0] for t in pairs}  # per pair: sum x, sum ||x||^2, count
     ce_clean_sum = 0.0
-    for s in tqdm(range(0, len(tokens), batch_size), desc="substitution", unit="batch",
-                  disable=not progress):
+    n_subs = sum(len(makers) for makers in pairs.values())
+    bar = tqdm(total=-(-len(tokens) // batch_size) * n_subs, desc="substitution",
+               unit="substitute", disable=not progress)
+    for s in range(0, len(tokens), batch_size):
         ids = torch.from_numpy(tokens[s:s + batch_size]).to(device)
         targets = torch.zeros_like(ids)
         targets[:, :-1] = ids[:, 1:]
@@ -207,6 +209,8 @@ def evaluate_substitutions(model: nn.Module, tokens: np.ndarray,
                     ce = _token_ce(model, h, targets, lmask, head_chunk)
                     a.ce_sum += float(ce.sum())
                     a.seq_delta += (ce - clean.ce).sum(1).tolist()
+                    bar.update()
+    bar.close()
     n_loss = int(loss_np.sum())
     ce_clean = ce_clean_sum / n_loss
     per_seq_tokens = loss_np.sum(1)
