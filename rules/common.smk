@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints, target and input functions, resources.
 import math
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -118,7 +119,8 @@ def consecutive_assignments(width):
 
 
 def trained_card(layer, width):
-    return f"results/trained/layer_{layer}/width_{width}/{sae_folder(width, layer)}/card.json"
+    """The card `train_sae` writes beside the SAE."""
+    return str(Path(sae_source(layer, width)).with_name("card.json"))
 
 
 def quality_keys():

@@ -140,8 +140,9 @@ def matching_score_step(activations: Sequence[Path_], saes: Sequence[Path_],
     models = [load_sae(p) for p in saes]
     perms = _perms(assignments)
     rows = []
+    x_t1 = _stack(activations, layers[0])
     for i in range(len(layers) - 1):
-        x_t, x_t1 = _stack(activations, layers[i]), _stack(activations, layers[i + 1])
+        x_t, x_t1 = x_t1, _stack(activations, layers[i + 1])  # each layer read once
         for v, ps in perms.items():
             ms = matching_score(models[i], models[i + 1], x_t, x_t1, ps[i], n_null=n_null)
             rows.append({"layer_a": layers[i], "layer_b": layers[i + 1], "variant": v,
@@ -158,6 +159,6 @@ def quality_step(cards: Sequence[Path_], keys: Sequence[dict], out: Path_) -> No
         card = json.loads(Path(path).read_text())
         rows.append({**key, "fvu": card["fvu"], "l0": card["l0"],
                      "dead_fraction": card["dead_fraction"],
-                     "tokens": card.get("tokens_seen", card.get("tokens")),
+                     "tokens": card["tokens_seen"],
                      "flagged": "; ".join(card["flags"])})
     write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
