@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+PathLike = str | os.PathLike
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -46,3 +47,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_tsv(path: PathLike, rows: Any) -> None:
+    """A table (a DataFrame, or rows as dicts) as TSV, floats to 6 significant digits,
+    atomically."""
+    import pandas as pd
+
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    write_text(path, frame.to_csv(sep="\t", index=False, float_format="%.6g"))

@@ -8,7 +8,6 @@ process start-up dominates the many small jobs of a run, and most steps need non
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import h5py
@@ -16,7 +15,7 @@ import numpy as np
 
 from . import match
 from .assign import assign_dense, read_assignment, read_cost_matrix, write_assignment
-from .atomic import atomic_path, write_text
+from .atomic import PathLike, atomic_path, write_tsv
 from .features import Variant, variant_vectors
 from .metrics import pair_metrics, read_pair_metrics, write_pair_metrics
 from .persistence import chain_lengths, persistence_table
@@ -24,27 +23,27 @@ from .sae import fold, load_sae, save_sae
 from .synthetic import PlantedSpec, write_planted_layer
 
 log = logging.getLogger("saematch")
-Path_ = str | os.PathLike
 
 
-def split_by_variant(files: Sequence[Path_], variants: Sequence[str]) -> dict[str, list[Path_]]:
+def split_by_variant(files: Sequence[PathLike],
+                     variants: Sequence[str]) -> dict[str, list[PathLike]]:
     """Undo the variant-major flattening of per-pair files that rules pass as one input list."""
     n = len(files) // len(variants)
     return {v: list(files[i * n:(i + 1) * n]) for i, v in enumerate(variants)}
 
 
-def plant_step(spec: dict, n_features: int, layer: int, params: Path_, truth: Path_) -> None:
+def plant_step(spec: dict, n_features: int, layer: int, params: PathLike, truth: PathLike) -> None:
     write_planted_layer(PlantedSpec(n_features=n_features, **spec), layer, params, truth)
 
 
-def fold_step(sae: Path_, folded: Path_) -> None:
+def fold_step(sae: PathLike, folded: PathLike) -> None:
     """Validate an SAE and write its folded form, keeping the thresholds as ``scale``."""
     s = load_sae(sae)
     log.info("loaded %s: n_features=%d d_model=%d", s.source, s.n_features, s.d_model)
     save_sae(folded, fold(s), scale=s.threshold)
 
 
-def cost_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
+def cost_step(sae_a: PathLike, sae_b: PathLike, out: PathLike, variant: dict, name: str,
               layers: tuple[int, int], block: int, device: str) -> None:
     from .costs import write_cost_matrix
 
@@ -56,7 +55,7 @@ def cost_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
         "layer_a": layers[0], "layer_b": layers[1]})
 
 
-def candidates_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name: str,
+def candidates_step(sae_a: PathLike, sae_b: PathLike, out: PathLike, variant: dict, name: str,
                     layers: tuple[int, int], k: int, block: int, device: str) -> None:
     """The certified solver's candidate graph (O(n k) memory) instead of a dense matrix."""
     from .certified import candidate_graph, write_candidates
@@ -70,9 +69,9 @@ def candidates_step(sae_a: Path_, sae_b: Path_, out: Path_, variant: dict, name:
                                   "metric": v.metric, "layer_a": layers[0], "layer_b": layers[1]})
 
 
-def assign_step(out: Path_, variant: dict, name: str, layers: tuple[int, int], *,
-                cost: Path_ | None = None, candidates: Path_ | None = None,
-                sae_a: Path_ | None = None, sae_b: Path_ | None = None,
+def assign_step(out: PathLike, variant: dict, name: str, layers: tuple[int, int], *,
+                cost: PathLike | None = None, candidates: PathLike | None = None,
+                sae_a: PathLike | None = None, sae_b: PathLike | None = None,
                 certified: dict | None = None, block: int = 4096, device: str = "auto") -> None:
     """Dense LAP on a stored cost matrix, the certified solver on a stored candidate graph, or
     the identity baseline scored in the variant space."""
@@ -92,9 +91,9 @@ def assign_step(out: Path_, variant: dict, name: str, layers: tuple[int, int], *
     write_assignment(out, result, {"variant": name, "layer_a": layers[0], "layer_b": layers[1]})
 
 
-def metrics_step(assignment: Path_, folded_a: Path_, folded_b: Path_, out: Path_, *,
+def metrics_step(assignment: PathLike, folded_a: PathLike, folded_b: PathLike, out: PathLike, *,
                  terms: Sequence[str], alpha: float, null_samples: int, seed: int,
-                 truth: Path_ | None = None) -> None:
+                 truth: PathLike | None = None) -> None:
     a, b = load_sae(folded_a), load_sae(folded_b)
     asg = read_assignment(assignment)
     origin = None
@@ -108,33 +107,32 @@ def metrics_step(assignment: Path_, folded_a: Path_, folded_b: Path_, out: Path_
     write_pair_metrics(out, arrays, summary)
 
 
-def summary_step(metrics: Sequence[Path_], keys: Sequence[dict], out: Path_) -> None:
+def summary_step(metrics: Sequence[PathLike], keys: Sequence[dict], out: PathLike) -> None:
     """One TSV row per (width, variant, pair): the summary of each per-pair metrics file."""
-    import pandas as pd
 
     rows = [{**k, **read_pair_metrics(p)[1]} for p, k in zip(metrics, keys, strict=True)]
-    write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_tsv(out, rows)
 
 
-def persistence_step(folded: Sequence[Path_], consecutive: Sequence[Path_],
-                     metrics: Sequence[Path_], direct: dict[tuple[int, int], Path_],
-                     max_distance: int, table: Path_, chains: Path_) -> None:
+def persistence_step(folded: Sequence[PathLike], consecutive: Sequence[PathLike],
+                     metrics: Sequence[PathLike], direct: dict[tuple[int, int], PathLike],
+                     max_distance: int, table: PathLike, chains: PathLike) -> None:
     """``direct`` maps (s, t) indices into ``folded`` to assignment files of direct matches."""
-    import pandas as pd
 
     saes = [load_sae(p) for p in folded]
     perms = [read_assignment(p).perm for p in consecutive]
     matched = [read_pair_metrics(p)[0]["matched"] for p in metrics]
     direct_perms = {k: read_assignment(p).perm for k, p in direct.items()}
     rows = persistence_table(saes, perms, matched, direct_perms, max_distance)
-    write_text(table, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_tsv(table, rows)
     with atomic_path(chains) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("length", data=chain_lengths(perms, matched))
 
 
-def figures_step(metrics: dict[str, list[Path_]], layers: Sequence[int], folded: Sequence[Path_],
-                 persistence: Path_, distribution_pairs: int, width: str,
-                 out: dict[str, Path_]) -> None:
+def figures_step(metrics: dict[str, list[PathLike]], layers: Sequence[int],
+                 folded: Sequence[PathLike],
+                 persistence: PathLike, distribution_pairs: int, width: str,
+                 out: dict[str, PathLike]) -> None:
     """The four per-width figures; ``metrics`` maps variant -> per-pair files in layer order."""
     import pandas as pd
 

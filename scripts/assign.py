@@ -1,7 +1,4 @@
 """Rule assign: see saematch.steps.assign_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import assign_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule candidate_graph: see saematch.steps.candidates_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import candidates_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule cost_matrix: see saematch.steps.cost_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import cost_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule fetch_sae: see saematch.sources.fetch_hub_sae (the token comes from HF_TOKEN only)."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.sources import fetch_hub_sae
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule figures: see saematch.steps.figures_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import figures_step, split_by_variant
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule fold: see saematch.steps.fold_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import fold_step
 from saematch.workflow import run
 

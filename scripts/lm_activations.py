@@ -1,7 +1,4 @@
 """Rule lm_activations: see saematch.lm.steps.activations_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.lm.steps import activations_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule lm_corpus: see saematch.lm.steps.corpus_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.lm.steps import corpus_step
 from saematch.workflow import run
 

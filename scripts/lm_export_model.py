@@ -1,7 +1,4 @@
 """Rule export_model: see saematch.lm.steps.export_model_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.lm.steps import export_model_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule matching_score: see saematch.lm.steps.matching_score_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 import pandas as pd
 
 from saematch import plots

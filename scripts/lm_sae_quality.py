@@ -1,7 +1,4 @@
 """Rule sae_quality: see saematch.lm.steps.quality_step and saematch.plots.sae_quality."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 import pandas as pd
 
 from saematch import plots

@@ -1,7 +1,4 @@
 """Rule substitution: see saematch.lm.steps.substitution_step and saematch.plots.substitution."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 import pandas as pd
 
 from saematch import plots

@@ -1,7 +1,4 @@
 """Rule train_sae: see saematch.lm.steps.train_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.lm.steps import train_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule metrics_table: see saematch.steps.summary_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import summary_step
 from saematch.workflow import run
 

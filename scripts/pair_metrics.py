@@ -1,7 +1,4 @@
 """Rule pair_metrics: see saematch.steps.metrics_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import metrics_step
 from saematch.workflow import run
 

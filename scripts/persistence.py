@@ -1,7 +1,4 @@
 """Rule persistence: see saematch.steps.persistence_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import persistence_step
 from saematch.workflow import run
 

@@ -1,7 +1,4 @@
 """Rule plant_sae: see saematch.steps.plant_step."""
-import _pkg  # noqa: F401  (this checkout's package first)
-
-# isort: split
 from saematch.steps import plant_step
 from saematch.workflow import run
 

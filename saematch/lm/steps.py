@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..assign import read_assignment
-from ..atomic import write_json, write_text
+from ..atomic import PathLike, write_json, write_tsv
 from ..sae import load_sae, save_sae
 
 log = logging.getLogger("saematch")
-Path_ = str | os.PathLike
 
 
-def _model_spec(model: dict, folder: Path_ | None = None):
+def _model_spec(model: dict, folder: PathLike | None = None):
     from .model import ModelSpec
 
     spec = ModelSpec.from_config(model)
@@ -28,16 +26,16 @@ def _model_spec(model: dict, folder: Path_ | None = None):
                                                   device=spec.device)
 
 
-def export_model_step(model: dict, out: Path_) -> None:
+def export_model_step(model: dict, out: PathLike) -> None:
     """De-quantise / convert once, so every later job loads a plain folder in seconds."""
     from .model import export_model
 
     export_model(_model_spec(model), out)
 
 
-def corpus_step(model_dir: Path_, dataset: str, source: dict, seq_len: int,
+def corpus_step(model_dir: PathLike, dataset: str, source: dict, seq_len: int,
                 train_tokens: int, eval_tokens: int, eval_fraction: float,
-                out_train: Path_, out_eval: Path_) -> None:
+                out_train: PathLike, out_eval: PathLike) -> None:
     """Disjoint train / eval token sequences of one dataset (split by file, hashed)."""
     from transformers import AutoTokenizer
 
@@ -56,8 +54,8 @@ def corpus_step(model_dir: Path_, dataset: str, source: dict, seq_len: int,
         write_corpus(out, corpus)
 
 
-def activations_step(model_dir: Path_, model: dict, corpus: Path_, layers: Sequence[int],
-                     batch_size: int, out: Path_) -> None:
+def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, layers: Sequence[int],
+                     batch_size: int, out: PathLike) -> None:
     """Residual stream after each layer (Gemma Scope's hook_resid_post), BOS excluded."""
     from .activations import collect_activations
     from .model import load_model
@@ -69,14 +67,14 @@ def activations_step(model_dir: Path_, model: dict, corpus: Path_, layers: Seque
                         batch_size=batch_size, attrs={"corpus": str(corpus)})
 
 
-def _stack(paths: Sequence[Path_], layer: int) -> np.ndarray:
+def _stack(paths: Sequence[PathLike], layer: int) -> np.ndarray:
     from .activations import read_activations
 
     return np.concatenate([read_activations(p, layer) for p in paths])
 
 
-def train_step(train: Sequence[Path_], evals: Sequence[Path_], layer: int, n_features: int,
-               hyper: dict, seed: int, out_params: Path_, out_card: Path_) -> None:
+def train_step(train: Sequence[PathLike], evals: Sequence[PathLike], layer: int, n_features: int,
+               hyper: dict, seed: int, out_params: PathLike, out_card: PathLike) -> None:
     """One JumpReLU SAE, written as a Gemma Scope params.npz, with a card beside it.
 
     Each layer gets its own seed (``seed + layer``), as independently trained SAEs do: with one
@@ -96,16 +94,15 @@ def train_step(train: Sequence[Path_], evals: Sequence[Path_], layer: int, n_fea
     write_json(out_card, card)
 
 
-def _perms(assignments: dict[str, Sequence[Path_]]) -> dict[str, list[np.ndarray]]:
+def _perms(assignments: dict[str, Sequence[PathLike]]) -> dict[str, list[np.ndarray]]:
     return {v: [read_assignment(p).perm for p in ps] for v, ps in assignments.items()}
 
 
-def substitution_step(model_dir: Path_, model: dict, corpora: dict[str, Path_],
-                      saes: Sequence[Path_], layers: Sequence[int],
-                      assignments: dict[str, Sequence[Path_]], batch_size: int,
-                      loss_stride: int, out: Path_) -> None:
+def substitution_step(model_dir: PathLike, model: dict, corpora: dict[str, PathLike],
+                      saes: Sequence[PathLike], layers: Sequence[int],
+                      assignments: dict[str, Sequence[PathLike]], batch_size: int,
+                      loss_stride: int, out: PathLike) -> None:
     """EV and Delta L of every variant's substitute and every baseline, per pair and dataset."""
-    import pandas as pd
 
     from .model import load_model
     from .substitution import evaluate_substitutions, standard_makers
@@ -126,14 +123,13 @@ def substitution_step(model_dir: Path_, model: dict, corpora: dict[str, Path_],
             for name, r in by_name.items():
                 rows.append({"dataset": dataset, "layer_a": t, "layer_b": t + 1,
                              "substitute": name, **r})
-    write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_tsv(out, rows)
 
 
-def matching_score_step(activations: Sequence[Path_], saes: Sequence[Path_],
-                        layers: Sequence[int], assignments: dict[str, Sequence[Path_]],
-                        n_null: int, out: Path_) -> None:
+def matching_score_step(activations: Sequence[PathLike], saes: Sequence[PathLike],
+                        layers: Sequence[int], assignments: dict[str, Sequence[PathLike]],
+                        n_null: int, out: PathLike) -> None:
     """Matching Score per pair and variant on held-out activations (see matching_score)."""
-    import pandas as pd
 
     from .matching_score import matching_score
 
@@ -147,12 +143,11 @@ def matching_score_step(activations: Sequence[Path_], saes: Sequence[Path_],
             ms = matching_score(models[i], models[i + 1], x_t, x_t1, ps[i], n_null=n_null)
             rows.append({"layer_a": layers[i], "layer_b": layers[i + 1], "variant": v,
                          "score": ms.score, "null": ms.null, "n_supported": ms.n_supported})
-    write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_tsv(out, rows)
 
 
-def quality_step(cards: Sequence[Path_], keys: Sequence[dict], out: Path_) -> None:
+def quality_step(cards: Sequence[PathLike], keys: Sequence[dict], out: PathLike) -> None:
     """One row per trained SAE: held-out FVU, L0, dead fraction, and why it is flagged."""
-    import pandas as pd
 
     rows = []
     for path, key in zip(cards, keys, strict=True):
@@ -161,4 +156,4 @@ def quality_step(cards: Sequence[Path_], keys: Sequence[dict], out: Path_) -> No
                      "dead_fraction": card["dead_fraction"],
                      "tokens": card["tokens_seen"],
                      "flagged": "; ".join(card["flags"])})
-    write_text(out, pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_tsv(out, rows)
