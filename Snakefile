@@ -27,8 +27,8 @@ include: "rules/costs.smk"
 include: "rules/assign.smk"
 include: "rules/metrics.smk"
 include: "rules/persistence.smk"
-include: "rules/figures.smk"
 include: "rules/lm.smk"
+include: "rules/figures.smk"
 
 
 report: "report/workflow.rst"

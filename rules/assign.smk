@@ -8,13 +8,12 @@ rule assign:
     output:
         assignment="results/assign/{variant}/width_{width}/{a}-{b}.h5",
     params:
-        variant=lambda wc: variant(wc.variant),
-        layers=lambda wc: (int(wc.a), int(wc.b)),
-        certified={k: config["assign"][k] for k in ("k", "time_limit")},
-        block=config["costs"]["block"],
-        device=config["costs"]["device"],
+        spec=lambda wc: variant_spec(wc.variant),
+        solver_options=canonical({k: config["assign"][k] for k in ("k", "time_limit")}),
+        block=COMPUTE["block"],
+        device=COMPUTE["device"],
     resources:
-        mem_mb=mem_mb_assign,
+        mem_mb=mem_mb_pair,
         runtime=runtime_min,
     conda:
         "../envs/torch.yaml"

@@ -1,10 +1,21 @@
-# Config validation, wildcard constraints, target and input functions, resources.
+# Config validation, derived constants, wildcard constraints, and the functions rules share:
+# paths of other rules' outputs, input and target functions, canonical params, resources.
+#
+# Every result path has one home: the `output:` of the rule that makes it. Everything else
+# reaches it through `path_of(rule, key, **wildcards)`, which fills in that rule's own pattern,
+# so moving an output is one edit in one rule.
+import json
 import math
 from pathlib import Path
 
 from snakemake.utils import validate
 
+if "costs" in config:
+    raise ValueError("config: the 'costs' section is now 'compute' (block, device); it steers "
+                     "every GEMM pass: cost matrices, candidate graphs and the certificate")
+
 validate(config, schema="../schemas/config.schema.yaml")
+
 
 wildcard_constraints:
     width=r"[0-9]+[km]?",
@@ -22,10 +33,25 @@ WIDTHS = list(config["widths"])
 VARIANTS = list(config["variants"])
 SOURCE = config["source"]["kind"]
 PERSIST = config["persistence"]
+COMPUTE = config["compute"]
 LM = config.get("lm", {})
 LM_DATASETS = list(LM.get("datasets", {}))
 if SOURCE == "trained" and not LM:
     raise ValueError("config: source.kind 'trained' needs an 'lm' section (model, datasets)")
+
+
+def canonical(value):
+    """A param value whose text does not depend on the order of keys in the config file.
+
+    Snakemake reruns a job when the text of its params changes; dicts keep insertion order, so
+    the same config written back with sorted keys would otherwise look changed.
+    """
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def path_of(rule, key, **wildcards):
+    """The file of output ``key`` of ``rule`` (its one home) for these wildcard values."""
+    return getattr(getattr(rules, rule).output, key).format(**wildcards)
 
 
 def width_features(width):
@@ -47,16 +73,16 @@ def sae_folder(width, layer):
 
 def sae_source(layer, width):
     """The SAE parameter file (or fetch manifest) of one layer and width."""
-    folder = sae_folder(width, layer)
+    wc = dict(layer=layer, width=width, folder=sae_folder(width, layer))
     if SOURCE == "synthetic":
-        return f"results/synthetic/layer_{layer}/width_{width}/{folder}/params.npz"
+        return path_of("plant_sae", "params", **wc)
     if SOURCE == "hub":
-        return f"results/fetched/width_{width}/layer_{layer}.json"
+        return path_of("fetch_sae", "manifest", **wc)
     if SOURCE == "trained":
-        return f"results/trained/layer_{layer}/width_{width}/{folder}/params.npz"
+        return path_of("train_sae", "params", **wc)
     from saematch.sources import local_sae_path
 
-    return str(local_sae_path(config["source"]["local"]["root"], layer, width, folder))
+    return str(local_sae_path(config["source"]["local"]["root"], layer, width, wc["folder"]))
 
 
 def solver_of(n_features):
@@ -67,35 +93,39 @@ def solver_of(n_features):
     return "dense" if n_features <= config["assign"]["dense_max_features"] else "certified"
 
 
-def variant(name):
-    return config["variants"][name]
+def variant_spec(name):
+    """The config entry of matching variant ``name`` (with the schema's defaults filled in)."""
+    return canonical(config["variants"][name])
 
 
 def vectors_input(wc, layer):
     """Folded variants read the folded SAE; unfolded ones read the source itself."""
-    if variant(wc.variant)["folded"]:
-        return f"results/folded/width_{wc.width}/layer_{layer}.npz"
+    if variant_spec(wc.variant)["folded"]:
+        return path_of("fold", "folded", width=wc.width, layer=layer)
     return sae_source(layer, wc.width)
+
+
+def pair_wildcards(wc):
+    return dict(variant=wc.variant, width=wc.width, a=wc.a, b=wc.b)
 
 
 def assign_input(wc):
     """Identity needs only the SAEs; dense LAP the cost matrix; certified the candidate graph and
     the SAEs (its certificate streams over every pair)."""
     saes = {"sae_a": vectors_input(wc, wc.a), "sae_b": vectors_input(wc, wc.b)}
-    if variant(wc.variant)["method"] == "identity":
+    if variant_spec(wc.variant)["method"] == "identity":
         return saes
-    pair = f"{wc.variant}/width_{wc.width}/{wc.a}-{wc.b}.h5"
     if solver_of(width_features(wc.width)) == "dense":
-        return {"cost": f"results/costs/{pair}"}
-    return {"candidates": f"results/candidates/{pair}", **saes}
+        return {"cost": path_of("cost_matrix", "cost", **pair_wildcards(wc))}
+    return {"candidates": path_of("candidate_graph", "graph", **pair_wildcards(wc)), **saes}
 
 
 def truth_input(wc):
     """Planted families know the true parents of layer b's features; others have no truth."""
     if SOURCE != "synthetic":
         return {}
-    return {"truth": f"results/synthetic/layer_{wc.b}/width_{wc.width}/"
-            f"{sae_folder(wc.width, wc.b)}/truth.npz"}
+    return {"truth": path_of("plant_sae", "truth", layer=wc.b, width=wc.width,
+                             folder=sae_folder(wc.width, wc.b))}
 
 
 def direct_pairs():
@@ -104,70 +134,76 @@ def direct_pairs():
             for i in range(len(LAYERS) - d)]
 
 
-def metrics_files(width, variant_name):
-    return [f"results/metrics/{variant_name}/width_{width}/{a}-{b}.h5" for a, b in PAIRS]
+def pair_files(rule, key, width, variants, pairs):
+    """One output of a per-pair rule for every variant and layer pair of one width."""
+    return [path_of(rule, key, variant=v, width=width, a=a, b=b)
+            for v in variants for a, b in pairs]
 
 
-def summary_keys():
-    return [{"width": w, "variant": v, "layer_a": a, "layer_b": b}
-            for w in WIDTHS for v in VARIANTS for a, b in PAIRS]
+def folded_by_layer(wc):
+    """Every layer's folded SAE of one width, as inputs named ``layer_{L}``
+    (saematch.workflow.layer_inputs reads them back by name)."""
+    return {f"layer_{layer}": path_of("fold", "folded", width=wc.width, layer=layer)
+            for layer in LAYERS}
 
 
-def consecutive_assignments(width):
-    """Assignment files of every variant for the consecutive pairs, variant-major."""
-    return [f"results/assign/{v}/width_{width}/{a}-{b}.h5" for v in VARIANTS for a, b in PAIRS]
+def sources_by_layer(wc):
+    """Every layer's SAE parameter file of one width, as inputs named ``layer_{L}``."""
+    return {f"layer_{layer}": sae_source(layer, wc.width) for layer in LAYERS}
 
 
-def trained_card(layer, width):
-    """The card `train_sae` writes beside the SAE."""
-    return str(Path(sae_source(layer, width)).with_name("card.json"))
-
-
-def quality_keys():
-    return [{"width": w, "layer": layer} for w in WIDTHS for layer in LAYERS]
-
-
-def figure_files(width):
-    names = ["matched_mse", "mse_distributions", "persistence", "thresholds"]
-    return {n: f"results/figures/width_{width}/{n}.png" for n in names}
+def activations(split):
+    """The activation files of every dataset for one split."""
+    return [path_of("lm_activations", "activations", dataset=d, split=split)
+            for d in LM_DATASETS]
 
 
 def all_targets():
-    targets = ["results/metrics/summary.tsv"]
+    targets = [rules.metrics_table.output.table]
     for w in WIDTHS:
-        targets.append(f"results/persistence/width_{w}/table.tsv")
-        targets.extend(figure_files(w).values())
+        targets.append(path_of("persistence", "table", width=w))
+        targets.extend(f.format(width=w) for f in rules.figures.output)
         if SOURCE == "trained":
-            targets += [f"results/lm/substitution/width_{w}.tsv",
-                        f"results/lm/matching_score/width_{w}.tsv"]
+            targets.extend(f.format(width=w) for f in rules.lm_figures.output)
     if SOURCE == "trained":
-        targets.append("results/lm/sae_quality.tsv")
+        targets.extend(rules.quality_figure.output)
     return targets
 
 
-# Resources grow with the width (a 65k pair asks for 16x the memory of a 16k pair) and with
-# the attempt, so a job that was killed for memory is resubmitted with more (--retries).
-def _streamed_bytes(n):
-    """Both layers' feature vectors (Gemma Scope: D = 2 * 2304 + 1), the GEMM blocks in flight
-    and, for the certified solver, the candidate graph."""
-    block = 3 * min(config["costs"]["block"], n) * n * 8
+# Resources grow with the width and with the attempt, so a job that was killed for memory is
+# resubmitted with more (--retries). Sizes come from the data: n from the width label, the
+# feature-vector length from the SAE files themselves once they exist (their size, or the size a
+# fetch manifest records); before that (a dry run) only the terms that do not depend on it count.
+def sae_bytes(path):
+    """Bytes of an SAE parameter file, following a fetch manifest; 0 if not there yet."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())["size"] if p.suffix == ".json" else p.stat().st_size
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _streamed_bytes(input, n):
+    """Both layers' feature vectors (about the size of their SAE files: 2 n d floats each), the
+    GEMM blocks in flight and, for the certified solver, the candidate graph."""
+    vectors = sum(sae_bytes(f) for f in input)
+    block = 3 * min(COMPUTE["block"], n) * n * 8
     candidates = n * 64 * config["assign"]["k"] if solver_of(n) == "certified" else 0
-    return 2 * n * 4609 * 4 + block + candidates
+    return vectors + block + candidates
 
 
-def mem_mb_costs(wc, attempt):
-    return attempt * (2048 + _streamed_bytes(width_features(wc.width)) // 2**20)
-
-
-def mem_mb_assign(wc, attempt):
-    """Dense: the float32 matrix, scipy's float64 copy and its work arrays (~20 bytes a pair)."""
+def mem_mb_pair(wc, input, attempt):
+    """Cost matrix, candidate graph or assignment of one layer pair. Dense LAP: the float32
+    matrix, scipy's float64 copy and its work arrays (about 20 bytes a pair)."""
     n = width_features(wc.width)
-    need = n * n * 20 if solver_of(n) == "dense" else _streamed_bytes(n)
+    dense = "cost" in input.keys()
+    need = n * n * 20 if dense else _streamed_bytes(input, n)
     return attempt * (2048 + need // 2**20)
 
 
-def mem_mb_sae(wc, attempt):
-    return attempt * (2048 + width_features(wc.width) * 2304 * 4 * 6 // 2**20)
+def mem_mb_sae(wc, input, attempt):
+    """Jobs that hold a few SAEs in float32 and float64 (about 4x their files)."""
+    return attempt * (2048 + 4 * sum(sae_bytes(f) for f in input) // 2**20)
 
 
 def runtime_min(wc, attempt):

@@ -9,12 +9,11 @@ rule cost_matrix:
     output:
         cost="results/costs/{variant}/width_{width}/{a}-{b}.h5",
     params:
-        variant=lambda wc: variant(wc.variant),
-        layers=lambda wc: (int(wc.a), int(wc.b)),
-        block=config["costs"]["block"],
-        device=config["costs"]["device"],
+        spec=lambda wc: variant_spec(wc.variant),
+        block=COMPUTE["block"],
+        device=COMPUTE["device"],
     resources:
-        mem_mb=mem_mb_costs,
+        mem_mb=mem_mb_pair,
         runtime=runtime_min,
     conda:
         "../envs/torch.yaml"
@@ -31,13 +30,12 @@ rule candidate_graph:
     output:
         graph="results/candidates/{variant}/width_{width}/{a}-{b}.h5",
     params:
-        variant=lambda wc: variant(wc.variant),
-        layers=lambda wc: (int(wc.a), int(wc.b)),
+        spec=lambda wc: variant_spec(wc.variant),
         k=config["assign"]["k"],
-        block=config["costs"]["block"],
-        device=config["costs"]["device"],
+        block=COMPUTE["block"],
+        device=COMPUTE["device"],
     resources:
-        mem_mb=mem_mb_costs,
+        mem_mb=mem_mb_pair,
         runtime=runtime_min,
     conda:
         "../envs/torch.yaml"

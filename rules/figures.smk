@@ -1,19 +1,25 @@
-# Stage 7: figures per width, wired into `snakemake --report`.
+# Stage 7: figures, each from finished tables or per-pair files, wired into `snakemake --report`.
 
 
 rule figures:
     input:
-        metrics=lambda wc: [f for v in VARIANTS for f in metrics_files(wc.width, v)],
-        folded=expand("results/folded/width_{{width}}/layer_{layer}.npz", layer=LAYERS),
-        persistence="results/persistence/width_{width}/table.tsv",
+        unpack(folded_by_layer),
+        metrics=lambda wc: pair_files("pair_metrics", "metrics", wc.width, VARIANTS, PAIRS),
+        persistence=path_of("persistence", "table", width="{width}"),
     output:
-        **{
-            name: report(path, category="Figures", subcategory="width {width}")
-            for name, path in figure_files("{width}").items()
-        },
+        matched_mse=report("results/figures/width_{width}/matched_mse.png",
+                           caption="../report/matched_mse.rst", category="Figures",
+                           subcategory="width {width}"),
+        mse_distributions=report("results/figures/width_{width}/mse_distributions.png",
+                                 caption="../report/mse_distributions.rst", category="Figures",
+                                 subcategory="width {width}"),
+        persistence=report("results/figures/width_{width}/persistence.png",
+                           caption="../report/persistence.rst", category="Figures",
+                           subcategory="width {width}"),
+        thresholds=report("results/figures/width_{width}/thresholds.png",
+                          caption="../report/thresholds.rst", category="Figures",
+                          subcategory="width {width}"),
     params:
-        variants=VARIANTS,
-        layers=LAYERS,
         distribution_pairs=config["figures"]["distribution_pairs"],
     conda:
         "../envs/figures.yaml"
@@ -23,5 +29,40 @@ rule figures:
         "../scripts/figures.py"
 
 
+rule lm_figures:
+    input:
+        substitution=path_of("substitution", "table", width="{width}"),
+        matching_score=path_of("matching_score", "table", width="{width}"),
+    output:
+        substitution=report("results/figures/width_{width}/substitution.png",
+                            caption="../report/substitution.rst", category="Real model",
+                            subcategory="width {width}"),
+        matching_score=report("results/figures/width_{width}/matching_score.png",
+                              caption="../report/matching_score.rst", category="Real model",
+                              subcategory="width {width}"),
+    conda:
+        "../envs/figures.yaml"
+    log:
+        "logs/lm_figures/width_{width}.log",
+    script:
+        "../scripts/lm_figures.py"
+
+
+rule quality_figure:
+    input:
+        table=rules.sae_quality.output.table,
+    output:
+        figure=report("results/figures/sae_quality.png", caption="../report/sae_quality.rst",
+                      category="Real model"),
+    conda:
+        "../envs/figures.yaml"
+    log:
+        "logs/quality_figure.log",
+    script:
+        "../scripts/quality_figure.py"
+
+
 localrules:
     figures,
+    lm_figures,
+    quality_figure,

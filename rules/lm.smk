@@ -8,7 +8,7 @@ rule export_model:
     output:
         model=directory("results/lm/model"),
     params:
-        model=LM.get("model"),
+        model=canonical(LM.get("model")),
     log:
         "logs/lm/export_model.log",
     conda:
@@ -19,12 +19,12 @@ rule export_model:
 
 rule lm_corpus:
     input:
-        model="results/lm/model",
+        model=rules.export_model.output.model,
     output:
         train="results/lm/corpus/{dataset}_train.h5",
         eval="results/lm/corpus/{dataset}_eval.h5",
     params:
-        source=lambda wc: LM["datasets"][wc.dataset],
+        source=lambda wc: canonical(LM["datasets"][wc.dataset]),
         seq_len=LM.get("seq_len"),
         eval_fraction=LM.get("eval_fraction"),
     log:
@@ -37,12 +37,12 @@ rule lm_corpus:
 
 rule lm_activations:
     input:
-        model="results/lm/model",
-        corpus="results/lm/corpus/{dataset}_{split}.h5",
+        model=rules.export_model.output.model,
+        corpus=lambda wc: path_of("lm_corpus", wc.split, dataset=wc.dataset),
     output:
         activations="results/lm/activations/{dataset}_{split}.h5",
     params:
-        model=LM.get("model"),
+        model=canonical(LM.get("model")),
         layers=LAYERS,
         batch_size=LM.get("activations_batch_size"),
     resources:
@@ -57,15 +57,15 @@ rule lm_activations:
 
 rule train_sae:
     input:
-        train=expand("results/lm/activations/{dataset}_train.h5", dataset=LM_DATASETS),
-        eval=expand("results/lm/activations/{dataset}_eval.h5", dataset=LM_DATASETS),
+        train=activations("train"),
+        eval=activations("eval"),
     output:
         params="results/trained/layer_{layer}/width_{width}/{folder}/params.npz",
         card="results/trained/layer_{layer}/width_{width}/{folder}/card.json",
     params:
         layer=lambda wc: int(wc.layer),
         n_features=lambda wc: width_features(wc.width),
-        hyper=LM.get("train"),
+        hyper=canonical(LM.get("train")),
         seed=LM.get("seed"),
     resources:
         gpu=1,
@@ -79,34 +79,33 @@ rule train_sae:
 
 rule sae_quality:
     input:
-        cards=[trained_card(k["layer"], k["width"]) for k in quality_keys()],
+        cards=[path_of("train_sae", "card", layer=layer, width=w, folder=sae_folder(w, layer))
+               for w in WIDTHS for layer in LAYERS],
     output:
-        table=report("results/lm/sae_quality.tsv", category="Real model"),
-        figure=report("results/figures/sae_quality.png", category="Real model"),
+        table=report("results/lm/sae_quality.tsv", caption="../report/sae_quality_table.rst",
+                     category="Real model"),
     params:
-        rows=quality_keys(),
+        widths={w: width_features(w) for w in WIDTHS},
     log:
         "logs/lm/sae_quality.log",
     conda:
-        "../envs/figures.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/lm_sae_quality.py"
 
 
 rule substitution:
     input:
-        model="results/lm/model",
-        corpora=expand("results/lm/corpus/{dataset}_eval.h5", dataset=LM_DATASETS),
-        saes=lambda wc: [sae_source(layer, wc.width) for layer in LAYERS],
-        assignments=lambda wc: consecutive_assignments(wc.width),
+        unpack(sources_by_layer),
+        model=rules.export_model.output.model,
+        corpora=[path_of("lm_corpus", "eval", dataset=d) for d in LM_DATASETS],
+        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS, PAIRS),
     output:
-        table=report("results/lm/substitution/width_{width}.tsv", category="Real model"),
-        figure=report("results/figures/width_{width}/substitution.png", category="Real model"),
+        table=report("results/lm/substitution/width_{width}.tsv",
+                     caption="../report/substitution_table.rst", category="Real model",
+                     subcategory="width {width}"),
     params:
-        model=LM.get("model"),
-        layers=LAYERS,
-        datasets=LM_DATASETS,
-        variants=VARIANTS,
+        model=canonical(LM.get("model")),
         batch_size=LM.get("substitution_batch_size"),
         loss_stride=LM.get("loss_stride"),
     resources:
@@ -121,19 +120,18 @@ rule substitution:
 
 rule matching_score:
     input:
-        activations=expand("results/lm/activations/{dataset}_eval.h5", dataset=LM_DATASETS),
-        saes=lambda wc: [sae_source(layer, wc.width) for layer in LAYERS],
-        assignments=lambda wc: consecutive_assignments(wc.width),
+        unpack(sources_by_layer),
+        activations=activations("eval"),
+        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS, PAIRS),
     output:
-        table=report("results/lm/matching_score/width_{width}.tsv", category="Real model"),
-        figure=report("results/figures/width_{width}/matching_score.png", category="Real model"),
+        table=report("results/lm/matching_score/width_{width}.tsv",
+                     caption="../report/matching_score_table.rst", category="Real model",
+                     subcategory="width {width}"),
     params:
-        layers=LAYERS,
-        variants=VARIANTS,
         n_null=LM.get("matching_score_null"),
     log:
         "logs/lm/matching_score/width_{width}.log",
     conda:
-        "../envs/figures.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/lm_matching_score.py"

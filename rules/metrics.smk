@@ -4,13 +4,17 @@
 rule pair_metrics:
     input:
         unpack(truth_input),
-        assignment="results/assign/{variant}/width_{width}/{a}-{b}.h5",
-        folded_a="results/folded/width_{width}/layer_{a}.npz",
-        folded_b="results/folded/width_{width}/layer_{b}.npz",
+        assignment=path_of("assign", "assignment", variant="{variant}", width="{width}",
+                           a="{a}", b="{b}"),
+        folded_a=path_of("fold", "folded", width="{width}", layer="{a}"),
+        folded_b=path_of("fold", "folded", width="{width}", layer="{b}"),
     output:
         metrics="results/metrics/{variant}/width_{width}/{a}-{b}.h5",
     params:
-        metrics=config["metrics"],
+        terms=config["metrics"]["terms"],
+        alpha=config["metrics"]["alpha"],
+        null_samples=config["metrics"]["null_samples"],
+        seed=config["metrics"]["seed"],
     resources:
         mem_mb=mem_mb_sae,
     conda:
@@ -23,14 +27,11 @@ rule pair_metrics:
 
 rule metrics_table:
     input:
-        metrics=[
-            f"results/metrics/{k['variant']}/width_{k['width']}/{k['layer_a']}-{k['layer_b']}.h5"
-            for k in summary_keys()
-        ],
+        metrics=[f for w in WIDTHS for f in pair_files("pair_metrics", "metrics", w, VARIANTS,
+                                                        PAIRS)],
     output:
-        table=report("results/metrics/summary.tsv", category="Metrics"),
-    params:
-        rows=summary_keys(),
+        table=report("results/metrics/summary.tsv", caption="../report/summary.rst",
+                     category="Metrics"),
     conda:
         "../envs/core.yaml"
     log:

@@ -3,27 +3,23 @@
 
 rule persistence:
     input:
-        folded=expand("results/folded/width_{{width}}/layer_{layer}.npz", layer=LAYERS),
-        consecutive=expand(
-            "results/assign/{v}/width_{{width}}/{p[0]}-{p[1]}.h5", v=PERSIST["variant"], p=PAIRS
-        ),
-        metrics=expand(
-            "results/metrics/{v}/width_{{width}}/{p[0]}-{p[1]}.h5", v=PERSIST["variant"], p=PAIRS
-        ),
-        direct=expand(
-            "results/assign/{v}/width_{{width}}/{p[0]}-{p[1]}.h5",
-            v=PERSIST["variant"],
-            p=direct_pairs(),
-        ),
+        unpack(folded_by_layer),
+        consecutive=lambda wc: pair_files("assign", "assignment", wc.width,
+                                          [PERSIST["variant"]], PAIRS),
+        metrics=lambda wc: pair_files("pair_metrics", "metrics", wc.width,
+                                      [PERSIST["variant"]], PAIRS),
+        direct=lambda wc: pair_files("assign", "assignment", wc.width, [PERSIST["variant"]],
+                                     direct_pairs()),
     output:
-        table=report("results/persistence/width_{width}/table.tsv", category="Persistence"),
+        table=report("results/persistence/width_{width}/table.tsv",
+                     caption="../report/persistence_table.rst", category="Persistence",
+                     subcategory="width {width}"),
         chains="results/persistence/width_{width}/chains.h5",
     params:
-        layers=LAYERS,
-        direct_pairs=direct_pairs(),
+        variant=PERSIST["variant"],
         max_distance=PERSIST["max_distance"],
     resources:
-        mem_mb=lambda wc, attempt: len(LAYERS) * mem_mb_sae(wc, attempt),
+        mem_mb=mem_mb_sae,
     conda:
         "../envs/core.yaml"
     log:

@@ -8,7 +8,7 @@ rule plant_sae:
         params="results/synthetic/layer_{layer}/width_{width}/{folder}/params.npz",
         truth="results/synthetic/layer_{layer}/width_{width}/{folder}/truth.npz",
     params:
-        spec=lambda wc: config["source"]["synthetic"],
+        spec=canonical(config["source"].get("synthetic", {})),
         n_features=lambda wc: width_features(wc.width),
         layer=lambda wc: int(wc.layer),
     conda:
@@ -25,8 +25,8 @@ rule fetch_sae:
     output:
         manifest="results/fetched/width_{width}/layer_{layer}.json",
     params:
-        repo_id=lambda wc: config["source"]["hub"]["repo_id"],
-        revision=lambda wc: config["source"]["hub"]["revision"],
+        repo_id=config["source"].get("hub", {}).get("repo_id"),
+        revision=config["source"].get("hub", {}).get("revision"),
         layer=lambda wc: int(wc.layer),
         folder=lambda wc: sae_folder(wc.width, wc.layer),
     retries: 3

@@ -39,6 +39,10 @@ class Variant:
         if self.metric not in METRICS:
             raise SAEMatchError(f"variant {self.name}: metric must be one of {METRICS}")
 
+    def attrs(self) -> dict:
+        """How the feature vectors were made, as recorded beside costs and candidate graphs."""
+        return {"terms": list(self.terms), "folded": self.folded, "metric": self.metric}
+
     @classmethod
     def from_config(cls, name: str, spec: dict) -> Variant:
         return cls(name=name, method=spec.get("method", "lap"),

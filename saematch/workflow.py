@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import SAEMatchError
+from .results import PairKey
 
 
 def run(snakemake: Any, step: Callable[[Any], None]) -> None:
@@ -39,3 +40,17 @@ def run(snakemake: Any, step: Callable[[Any], None]) -> None:
             print(tb, file=logfile)
             print(tb, file=console)
             sys.exit(1)
+
+
+def layer_inputs(named: Any, prefix: str = "layer_") -> dict[int, str]:
+    """Inputs a rule names ``layer_{L}`` as ``{L: path}``, in layer order.
+
+    Rules hand per-layer files over by name, never as a list to be split by position.
+    """
+    return dict(sorted((int(k[len(prefix):]), str(v)) for k, v in named.items()
+                       if k.startswith(prefix)))
+
+
+def pair_key(wildcards: Any) -> PairKey:
+    """The pair a per-pair job works on, from its ``width, variant, a, b`` wildcards."""
+    return PairKey(wildcards.width, wildcards.variant, int(wildcards.a), int(wildcards.b))

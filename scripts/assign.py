@@ -1,9 +1,10 @@
 """Rule assign: see saematch.steps.assign_step."""
+from saematch.features import Variant
 from saematch.steps import assign_step
-from saematch.workflow import run
+from saematch.workflow import pair_key, run
 
-INPUTS = ("cost", "candidates", "sae_a", "sae_b")
 run(snakemake, lambda s: assign_step(  # noqa: F821
-    s.output.assignment, s.params.variant, s.wildcards.variant, s.params.layers,
-    certified=s.params.certified, block=s.params.block, device=s.params.device,
-    **{k: s.input[k] for k in INPUTS if k in s.input.keys()}))  # noqa: SIM118 (Namedlist)
+    s.output.assignment, pair_key(s.wildcards),
+    Variant.from_config(s.wildcards.variant, s.params.spec),
+    solver_options=s.params.solver_options, block=s.params.block, device=s.params.device,
+    **dict(s.input.items())))

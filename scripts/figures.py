@@ -1,12 +1,7 @@
 """Rule figures: see saematch.steps.figures_step."""
-from saematch.steps import figures_step, split_by_variant
-from saematch.workflow import run
+from saematch.steps import figures_step
+from saematch.workflow import layer_inputs, run
 
-
-def main(s):
-    figures_step(split_by_variant(s.input.metrics, s.params.variants), s.params.layers,
-                 s.input.folded, s.input.persistence,
-                 s.params.distribution_pairs, s.wildcards.width, dict(s.output.items()))
-
-
-run(snakemake, main)  # noqa: F821
+run(snakemake, lambda s: figures_step(  # noqa: F821
+    s.input.metrics, layer_inputs(s.input), s.input.persistence, s.params.distribution_pairs,
+    s.wildcards.width, dict(s.output.items())))

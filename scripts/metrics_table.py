@@ -2,4 +2,4 @@
 from saematch.steps import summary_step
 from saematch.workflow import run
 
-run(snakemake, lambda s: summary_step(s.input.metrics, s.params.rows, s.output.table))  # noqa: F821
+run(snakemake, lambda s: summary_step(s.input.metrics, s.output.table))  # noqa: F821

@@ -46,9 +46,20 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None,
     return proc
 
 
-def dry_run_jobs(workdir: Path, config: dict) -> list[tuple[str, str]]:
-    """(rule, outputs) of every job a dry run would execute."""
-    out = snakemake(workdir, "-n", config=config).stdout
+def reversed_keys(obj):
+    """The same config with every mapping's keys in reverse order (as another YAML tool might
+    write it back)."""
+    if isinstance(obj, dict):
+        return {k: reversed_keys(obj[k]) for k in reversed(list(obj))}
+    return obj
+
+
+def dry_run_jobs(workdir: Path, config: dict, *, sort_keys: bool = True) -> list[tuple[str, str]]:
+    """(rule, outputs) of every job a dry run would execute; ``sort_keys=False`` writes the
+    config's keys in the order given."""
+    path = workdir / "dry-run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=sort_keys))
+    out = snakemake(workdir, "-n", "--configfile", str(path)).stdout
     jobs, rule = [], None
     for line in out.splitlines():
         if line.startswith(("rule ", "localrule ")):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, snakemake
+from conftest import REPO, dry_run_jobs, reversed_keys, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +62,13 @@ def test_substitute_beats_layer_skip_on_most_pairs(lm_run):
     assert (ev["transfer_folded"] > ev["layer_skip"]).mean() > 0.5, ev
 
 
+def test_reordered_config_keys_rerun_nothing(lm_run):
+    """The model, dataset and training sections are dicts: written back in another key order
+    they must not look changed (that used to rerun everything from the model export on)."""
+    workdir, config = lm_run
+    assert dry_run_jobs(workdir, reversed_keys(config), sort_keys=False) == []
+
+
 def test_training_is_reproducible_with_a_fixed_seed(lm_run):
     workdir, config = lm_run
     target = "results/trained/layer_7/width_256/jumprelu/params.npz"
@@ -75,3 +82,4 @@ def test_training_is_reproducible_with_a_fixed_seed(lm_run):
     with np.load(params) as f:
         for k, v in before.items():
             np.testing.assert_array_equal(f[k], v)
+

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, dry_run_jobs, random_sae, snakemake
+from conftest import REPO, dry_run_jobs, random_sae, reversed_keys, snakemake
 from conftest import assignment_perms as perms
 
 from saematch.sae import SAE, save_sae
@@ -113,6 +113,55 @@ def test_config_growth_runs_only_new_jobs(full_run, change, new_markers):
         assert not [o for r, o in jobs if r in aggregates and "width_128" in o]
 
 
+def test_reordered_config_keys_rerun_nothing(full_run):
+    """Params are compared by their text: a config written back with its keys in another order
+    (as YAML tools do) must plan no job; with a width added, only that width's jobs."""
+    workdir, config, _ = full_run
+    assert dry_run_jobs(workdir, reversed_keys(config), sort_keys=False) == []
+    grown = reversed_keys(config)
+    grown["widths"] = {"64": {"folder": "planted"}, **grown["widths"]}
+    jobs = dry_run_jobs(workdir, grown, sort_keys=False)
+    assert jobs and all("width_64" in out or rule in {"metrics_table", "all"}
+                        for rule, out in jobs), jobs
+
+
+def test_shuffled_inputs_cannot_mis_assign(full_run, tmp_path):
+    """Aggregating steps find each per-pair file by what it records, not by its position: a
+    shuffled input list gives the same tables, and a missing or doubled file is an error."""
+    import random
+
+    from saematch.errors import SAEMatchError
+    from saematch.steps import persistence_step, summary_step
+
+    workdir, config, _ = full_run
+    res = workdir / "results"
+    folded = {layer: res / f"folded/width_128/layer_{layer}.npz" for layer in range(4)}
+    consecutive = [res / f"assign/folded/width_128/{a}-{a + 1}.h5" for a in range(3)]
+    metrics = [res / f"metrics/folded/width_128/{a}-{a + 1}.h5" for a in range(3)]
+    direct = [res / f"assign/folded/width_128/{a}-{a + 2}.h5" for a in range(2)]
+    for f in (consecutive, metrics, direct):
+        random.Random(0).shuffle(f)
+    persistence_step(folded, consecutive, metrics, direct, "128", "folded", 2,
+                     tmp_path / "table.tsv", tmp_path / "chains.h5")
+    assert (tmp_path / "table.tsv").read_text() == \
+        (res / "persistence/width_128/table.tsv").read_text()
+    every = sorted((res / "metrics").rglob("*.h5"))
+    random.Random(1).shuffle(every)
+    summary_step(every, tmp_path / "summary.tsv")
+    got = pd.read_csv(tmp_path / "summary.tsv", sep="\t")
+    want = pd.read_csv(res / "metrics/summary.tsv", sep="\t")
+    keys = ["variant", "layer_a", "layer_b"]
+    pd.testing.assert_frame_equal(got.sort_values(keys).reset_index(drop=True),
+                                  want.sort_values(keys).reset_index(drop=True))
+    with pytest.raises(SAEMatchError, match="no input file holds"):
+        persistence_step(folded, consecutive[1:], metrics, direct, "128", "folded", 2,
+                         tmp_path / "t2.tsv", tmp_path / "c2.h5")
+    with pytest.raises(SAEMatchError, match="both hold"):
+        persistence_step(folded, consecutive + consecutive[:1], metrics, direct, "128",
+                         "folded", 2, tmp_path / "t3.tsv", tmp_path / "c3.h5")
+    assert not (tmp_path / "t2.tsv").exists() and not (tmp_path / "t3.tsv").exists()
+
+
 def test_killed_run_resumes_to_the_same_results(full_run, tmp_path):
     ref_dir, config, _ = full_run
     import yaml
@@ -186,7 +235,7 @@ def test_d_model_mismatch_fails_clearly(tmp_path):
 
 
 def test_unknown_config_key_is_refused(tmp_path, test_config):
-    test_config["costs"]["blok"] = 10
+    test_config["compute"]["blok"] = 10
     proc = snakemake(tmp_path, "-n", config=test_config, check=False)
     assert proc.returncode != 0 and "blok" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()

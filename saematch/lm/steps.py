@@ -13,6 +13,7 @@ import numpy as np
 
 from ..assign import read_assignment
 from ..atomic import PathLike, write_json, write_tsv
+from ..results import index_pairs, pick, variants_of
 from ..sae import load_sae, save_sae
 
 log = logging.getLogger("saematch")
@@ -94,47 +95,54 @@ def train_step(train: Sequence[PathLike], evals: Sequence[PathLike], layer: int,
     write_json(out_card, card)
 
 
-def _perms(assignments: dict[str, Sequence[PathLike]]) -> dict[str, list[np.ndarray]]:
-    return {v: [read_assignment(p).perm for p in ps] for v, ps in assignments.items()}
+def _perms(assignments: Sequence[PathLike], width: str,
+           pairs: Sequence[tuple[int, int]]) -> dict[str, list[np.ndarray]]:
+    """Each variant's permutations for ``pairs``, found by what the files record."""
+    index = index_pairs(assignments)
+    return {v: [read_assignment(p).perm for p in pick(index, width, v, pairs)]
+            for v in variants_of(index)}
 
 
-def substitution_step(model_dir: PathLike, model: dict, corpora: dict[str, PathLike],
-                      saes: Sequence[PathLike], layers: Sequence[int],
-                      assignments: dict[str, Sequence[PathLike]], batch_size: int,
-                      loss_stride: int, out: PathLike) -> None:
-    """EV and Delta L of every variant's substitute and every baseline, per pair and dataset."""
+def substitution_step(model_dir: PathLike, model: dict, corpora: Sequence[PathLike],
+                      saes: dict[int, PathLike], assignments: Sequence[PathLike], width: str,
+                      batch_size: int, loss_stride: int, out: PathLike) -> None:
+    """EV and Delta L of every variant's substitute and every baseline, per pair and dataset.
 
+    ``saes`` maps layer -> SAE file; ``corpora`` are held-out corpus files (each records its
+    dataset)."""
     from .model import load_model
     from .substitution import evaluate_substitutions, standard_makers
     from .text import read_corpus
 
     lm, _ = load_model(_model_spec(model, model_dir))
-    models = [load_sae(p) for p in saes]
-    perms = _perms(assignments)
+    layers = list(saes)
+    models = [load_sae(saes[layer]) for layer in layers]
+    perms = _perms(assignments, width, list(zip(layers[:-1], layers[1:])))
     pairs = {layers[i]: standard_makers(models[i], models[i + 1],
                                         {v: ps[i] for v, ps in perms.items()})
              for i in range(len(layers) - 1) if layers[i + 1] == layers[i] + 1}
     rows = []
-    for dataset, path in corpora.items():
+    for path in corpora:
         c = read_corpus(path)
         res = evaluate_substitutions(lm, c.tokens, pairs, bos_token_id=c.meta["bos_token_id"],
                                      batch_size=batch_size, loss_stride=loss_stride)
         for t, by_name in res.items():
             for name, r in by_name.items():
-                rows.append({"dataset": dataset, "layer_a": t, "layer_b": t + 1,
+                rows.append({"dataset": c.meta["dataset"], "layer_a": t, "layer_b": t + 1,
                              "substitute": name, **r})
     write_tsv(out, rows)
 
 
-def matching_score_step(activations: Sequence[PathLike], saes: Sequence[PathLike],
-                        layers: Sequence[int], assignments: dict[str, Sequence[PathLike]],
-                        n_null: int, out: PathLike) -> None:
-    """Matching Score per pair and variant on held-out activations (see matching_score)."""
-
+def matching_score_step(activations: Sequence[PathLike], saes: dict[int, PathLike],
+                        assignments: Sequence[PathLike], width: str, n_null: int,
+                        out: PathLike) -> None:
+    """Matching Score per pair and variant on held-out activations (see matching_score);
+    ``saes`` maps layer -> SAE file."""
     from .matching_score import matching_score
 
-    models = [load_sae(p) for p in saes]
-    perms = _perms(assignments)
+    layers = list(saes)
+    models = [load_sae(saes[layer]) for layer in layers]
+    perms = _perms(assignments, width, list(zip(layers[:-1], layers[1:])))
     rows = []
     x_t1 = _stack(activations, layers[0])
     for i in range(len(layers) - 1):
@@ -146,14 +154,15 @@ def matching_score_step(activations: Sequence[PathLike], saes: Sequence[PathLike
     write_tsv(out, rows)
 
 
-def quality_step(cards: Sequence[PathLike], keys: Sequence[dict], out: PathLike) -> None:
-    """One row per trained SAE: held-out FVU, L0, dead fraction, and why it is flagged."""
-
+def quality_step(cards: Sequence[PathLike], widths: dict[str, int], out: PathLike) -> None:
+    """One row per trained SAE (in input order): held-out FVU, L0, dead fraction, and why it
+    is flagged; width and layer come from each card itself (``widths``: label -> features)."""
+    label = {n: w for w, n in widths.items()}
     rows = []
-    for path, key in zip(cards, keys, strict=True):
+    for path in cards:
         card = json.loads(Path(path).read_text())
-        rows.append({**key, "fvu": card["fvu"], "l0": card["l0"],
-                     "dead_fraction": card["dead_fraction"],
-                     "tokens": card["tokens_seen"],
+        rows.append({"width": label[card["hyperparameters"]["n_features"]],
+                     "layer": card["layer"], "fvu": card["fvu"], "l0": card["l0"],
+                     "dead_fraction": card["dead_fraction"], "tokens": card["tokens_seen"],
                      "flagged": "; ".join(card["flags"])})
     write_tsv(out, rows)
