@@ -63,6 +63,23 @@ def test_loader_computes_what_saelens_computes(case):
         np.testing.assert_array_equal(load_sae(path).b_enc, sae.b_enc)
 
 
+def assert_saelens_parameters(sae, ref: dict[str, np.ndarray]) -> None:
+    """The weights SAELens holds after loading (and folding its normalisation), bit for bit; b_enc
+    is SAELens's minus b_dec @ W_enc where SAELens subtracts b_dec from the input, to float32
+    rounding of that float64 sum."""
+    for name in ("W_enc", "W_dec", "b_dec", "threshold"):
+        np.testing.assert_array_equal(getattr(sae, name), ref[f"saelens_{name}"], err_msg=name)
+    b_enc = ref["saelens_b_enc"].astype(np.float64)
+    if sae.meta["apply_b_dec_to_input"]:
+        b_enc = b_enc - ref["saelens_b_dec"].astype(np.float64) @ ref["saelens_W_enc"]
+    np.testing.assert_allclose(sae.b_enc, b_enc, rtol=0, atol=2e-7 * max(1, np.abs(b_enc).max()))
+
+
+@pytest.mark.parametrize("case", EQUIVALENT)
+def test_parameters_are_those_saelens_holds(case):
+    assert_saelens_parameters(load_sae(FIXTURES / case), reference(FIXTURES / case))
+
+
 @pytest.mark.parametrize("case", EQUIVALENT)
 def test_folding_leaves_the_saelens_computation_unchanged(case):
     sae = load_sae(FIXTURES / case)
@@ -330,6 +347,7 @@ def test_llama_scope_release_loads_as_saelens_from_pretrained(tmp_path):
     ref = reference(FIXTURES / "llama_scope")
     assert sae.meta["norm_scaling_factor"] == pytest.approx(float(ref["norm_scaling_factor"]))
     assert len(set(sae.threshold.tolist())) == 1  # one scalar threshold for all features
+    assert_saelens_parameters(sae, ref)
     assert_close(ref["x"] @ sae.W_enc + sae.b_enc, ref["pre"])
     assert_close(sae.encode(ref["x"]), ref["acts"])
     assert_close(sae.reconstruct(ref["x"]), ref["recon"])

@@ -125,7 +125,7 @@ def saelens_state(path: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
                 "scales each feature's output and is not supported")
         del state["scaling_factor"]
     if "threshold" not in state and "log_threshold" in state:
-        state["threshold"] = np.exp(state.pop("log_threshold").astype(np.float64))
+        state["threshold"] = np.exp(state.pop("log_threshold"))
     return state
 
 
@@ -187,9 +187,9 @@ def gemma_scope_state(path: Path, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
             raise SAEMatchError(f"{path}: a 'scaling_factor' other than 1 is not supported")
         del state["scaling_factor"]
     if cfg.get("embedding") and "W_enc" in state and "W_dec" in state:
-        root_d = np.sqrt(cfg["d_in"] or state["W_enc"].shape[0])
-        state["W_enc"] = state["W_enc"].astype(np.float64) / root_d
-        state["W_dec"] = state["W_dec"].astype(np.float64) * root_d
+        root_d = np.float32(np.sqrt(cfg["d_in"] or state["W_enc"].shape[0]))
+        state["W_enc"] = state["W_enc"].astype(np.float32) / root_d
+        state["W_dec"] = state["W_dec"].astype(np.float32) * root_d
     return state
 
 

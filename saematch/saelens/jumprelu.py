@@ -27,12 +27,12 @@ STATE_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
 
 def _checked_state(parts: Parts) -> dict[str, np.ndarray]:
-    """The five arrays as float64, with shapes checked against the config's d_in and d_sae."""
+    """The five arrays as float32, with shapes checked against the config's d_in and d_sae."""
     missing = [k for k in STATE_NAMES if k not in parts.state]
     if missing:
         raise SAEMatchError(f"{parts.source}: missing array(s) {missing}; "
                             f"found {sorted(parts.state)}")
-    arrays = {k: np.asarray(parts.state[k], dtype=np.float64) for k in STATE_NAMES}
+    arrays = {k: np.asarray(parts.state[k], dtype=np.float32) for k in STATE_NAMES}
     d_in, d_sae = parts.cfg.get("d_in"), parts.cfg.get("d_sae")
     d_in = d_in if d_in is not None else arrays["W_enc"].shape[0]
     d_sae = d_sae if d_sae is not None else arrays["W_enc"].shape[-1]
@@ -55,27 +55,35 @@ def _refuse_nonpositive_thresholds(threshold: np.ndarray, source: str) -> None:
             "with threshold <= 0 is a plain ReLU feature, and folding divides by the threshold")
 
 
+def _project(v: np.ndarray, W: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``v @ W`` in float64, a block of W's columns at a time (W stays float32 in memory)."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.concatenate([v @ W[:, i:i + block].astype(np.float64)
+                           for i in range(0, W.shape[1], block)])
+
+
 def to_sae(parts: Parts, meta: dict[str, Any]) -> SAE:
     """The JumpReLU SAE that SAELens computes from ``parts``, on raw (unnormalised) inputs.
 
-    Folded in float64 and stored as float32, so the result is the correctly rounded form of
-    SAELens's computation.
+    The scaling factor is applied in float32 as SAELens applies it; the whitening matrices
+    (float64 statistics) in float64, as SAELens does; the effective b_enc is accumulated in
+    float64. Weights are held in float32.
     """
     p = _checked_state(parts)
     _refuse_nonpositive_thresholds(p["threshold"], parts.source)
     W_enc, b_enc, W_dec, b_dec = p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"]
     if parts.scaling_factor is not None:  # SAE.fold_activation_norm_scaling_factor
-        s = parts.scaling_factor
+        s = np.float32(parts.scaling_factor)
         W_enc, W_dec, b_dec = W_enc * s, W_dec / s, b_dec / s
     if parts.whitening is not None:  # SAE.fold_activation_whitening
         w = {k: np.asarray(v, dtype=np.float64) for k, v in parts.whitening.items()}
-        W_enc = w["matrix"] @ W_enc
+        W_enc = (w["matrix"] @ W_enc).astype(np.float32)
         if not parts.cfg["apply_b_dec_to_input"]:
-            b_enc = b_enc - w["mean"] @ W_enc
-        W_dec = W_dec @ w["inverse_matrix"]
-        b_dec = b_dec @ w["inverse_matrix"] + w["mean"]
+            b_enc = (b_enc - _project(w["mean"], W_enc)).astype(np.float32)
+        W_dec = (W_dec @ w["inverse_matrix"]).astype(np.float32)
+        b_dec = (b_dec @ w["inverse_matrix"] + w["mean"]).astype(np.float32)
     if parts.cfg["apply_b_dec_to_input"]:
-        b_enc = b_enc - b_dec @ W_enc
+        b_enc = (b_enc - _project(b_dec, W_enc)).astype(np.float32)
     arrays = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec,
               "threshold": p["threshold"]}
     return validate(SAE(**{k: np.ascontiguousarray(v, dtype=np.float32)
