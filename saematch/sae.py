@@ -93,11 +93,16 @@ def validate(sae: SAE) -> SAE:
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` or ``.safetensors`` file (bfloat16 read exactly as float32)."""
+    """Every array of an ``.npz`` or ``.safetensors`` file (bfloat16 read exactly as float32).
+
+    The format is told by content, not name: Hub cache blobs have no suffix.
+    """
     if not path.exists():
         raise SAEMatchError(f"{path}: file not found")
     try:
-        if path.suffix == ".safetensors":
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        if not zipped and path.suffix != ".npz":
             return _read_safetensors(path)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

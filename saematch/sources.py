@@ -45,7 +45,7 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def _download(repo_id: str, filename: str, revision: str) -> dict[str, Any]:
     """One file into the Hub cache; its record for a manifest (repo path, cache path, size,
-    sha256)."""
+    sha256, the commit the revision resolved to)."""
     from huggingface_hub import hf_hub_download
 
     try:
@@ -55,11 +55,12 @@ def _download(repo_id: str, filename: str, revision: str) -> dict[str, Any]:
             f"hub {repo_id}@{revision}: cannot fetch {filename} ({type(exc).__name__}: {exc})"
         ) from exc
     return {"filename": filename, "path": str(path.resolve()), "size": path.stat().st_size,
-            "sha256": sha256(path)}
+            "sha256": sha256(path), "commit": _snapshot_commit(str(path))}
 
 
 def _snapshot_commit(cache_path: str) -> str | None:
-    """The commit a Hub cache path belongs to (``.../snapshots/<sha>/...``)."""
+    """The commit of a Hub cache path as hf_hub_download returns it (``.../snapshots/<sha>/...``,
+    a link to the blob)."""
     match = re.search(r"/snapshots/([0-9a-f]{40})/", cache_path)
     return match.group(1) if match else None
 
@@ -112,8 +113,8 @@ def fetch_saelens_sae(release: str, sae_id: str, revision: str, manifest: PathLi
         meta["norm_scaling_factor"] = entry.norm_scaling_factor
     write_json(manifest, {
         "kind": "saelens", "format": entry.conversion, "registry": asdict(entry),
-        "repo_id": entry.repo_id, "revision": revision,
-        "commit": _snapshot_commit(weights["path"]), "files": files, "meta": meta, **weights})
+        "repo_id": entry.repo_id, "revision": revision, "files": files, "meta": meta,
+        **weights})
     return Path(weights["path"])
 
 

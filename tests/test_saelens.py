@@ -26,7 +26,7 @@ from saematch.errors import SAEMatchError
 from saematch.sae import fold, load_sae, read_meta, save_sae
 from saematch.saelens import format_of
 from saematch.saelens.registry import lookup
-from saematch.sources import neuronpedia_id, neuronpedia_url
+from saematch.sources import neuronpedia_id, neuronpedia_url, sha256
 
 FIXTURES = REPO / "tests/fixtures/saelens"
 REGISTRY = FIXTURES / "pretrained_saes.yaml"
@@ -301,13 +301,17 @@ def test_real_registry_agrees_with_saelens_and_the_gemma_scope_config():
 
 def prefill_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
     """A Hub cache holding ``files`` (repo path -> local file) at one commit, as
-    ``huggingface-cli download`` leaves it; returns the snapshot folder."""
+    ``huggingface-cli download`` leaves it (snapshot entries link to blobs); returns the
+    snapshot folder."""
     sha = "89abcdef0123456789abcdef0123456789abcdef"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snap = repo / "snapshots" / sha
-    for name, src in files.items():
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for i, (name, src) in enumerate(files.items()):
+        blob = repo / "blobs" / f"blob{i}"
+        shutil.copy(src, blob)
         (snap / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, snap / name)
+        (snap / name).symlink_to(os.path.relpath(blob, (snap / name).parent))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs/main").write_text(sha)
     return snap
@@ -336,8 +340,9 @@ def test_llama_scope_release_loads_as_saelens_from_pretrained(tmp_path):
     proc = fetch_offline(tmp_path / "hub", "llama_scope_lxr_8x", "l0r_8x", manifest)
     assert proc.returncode == 0, proc.stderr
     m = json.loads(manifest.read_text())
-    assert m["path"].startswith(str(snap.resolve()))
+    assert m["path"] == str((snap / m["filename"]).resolve())  # the blob the snapshot links to
     assert m["commit"] == snap.name and m["revision"] == "main"
+    assert m["files"]["hyperparams.json"]["sha256"] == sha256(src / "hyperparams.json")
     assert m["filename"] == "Llama3_1-8B-Base-L0R-8x/checkpoints/final.safetensors"
     assert set(m["files"]) == {"hyperparams.json", "checkpoints/final.safetensors"}
     assert neuronpedia_id(manifest) == "llama3.1-8b/0-llamascope-res-32k"
