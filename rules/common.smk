@@ -62,6 +62,8 @@ def width_features(width):
 
 
 def sae_folder(width, layer):
+    if "folder" not in config["widths"][width]:
+        raise ValueError(f"config widths.{width}.folder is needed for source kind {SOURCE!r}")
     folder = config["widths"][width]["folder"]
     if isinstance(folder, str):
         return folder
@@ -71,8 +73,22 @@ def sae_folder(width, layer):
     return by_layer[int(layer)]
 
 
+def saelens_sae_id(width, layer):
+    """The SAELens SAE id of one layer and width: the template, or the width -> layer -> id map."""
+    sae_id = config["source"]["saelens"]["sae_id"]
+    if isinstance(sae_id, str):
+        return sae_id.format(layer=layer, width=width)
+    by_layer = {int(k): v for k, v in sae_id.get(width, {}).items()}
+    if int(layer) not in by_layer:
+        raise ValueError(f"config source.saelens.sae_id names no SAE for width {width}, "
+                         f"layer {layer}")
+    return by_layer[int(layer)]
+
+
 def sae_source(layer, width):
     """The SAE parameter file (or fetch manifest) of one layer and width."""
+    if SOURCE == "saelens":
+        return path_of("fetch_saelens_sae", "manifest", layer=layer, width=width)
     wc = dict(layer=layer, width=width, folder=sae_folder(width, layer))
     if SOURCE == "synthetic":
         return path_of("plant_sae", "params", **wc)

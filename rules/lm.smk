@@ -79,8 +79,11 @@ rule train_sae:
 
 rule sae_quality:
     input:
-        cards=[path_of("train_sae", "card", layer=layer, width=w, folder=sae_folder(w, layer))
-               for w in WIDTHS for layer in LAYERS],
+        cards=lambda wc: [
+            path_of("train_sae", "card", layer=layer, width=w, folder=sae_folder(w, layer))
+            for w in WIDTHS
+            for layer in LAYERS
+        ],
     output:
         table=report("results/lm/sae_quality.tsv", caption="../report/sae_quality_table.rst",
                      category="Real model"),

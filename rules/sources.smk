@@ -38,5 +38,26 @@ rule fetch_sae:
         "../scripts/fetch_sae.py"
 
 
+rule fetch_saelens_sae:
+    """Resolve one SAE of a SAELens release through SAELens's registry (repo, path, format,
+    Neuronpedia id), download it into the Hub cache (token from HF_TOKEN only) and write a
+    manifest naming the cached files. Local, like fetch_sae."""
+    output:
+        manifest="results/saelens/width_{width}/layer_{layer}.json",
+    params:
+        release=lambda wc: config["source"]["saelens"]["release"],
+        sae_id=lambda wc: saelens_sae_id(wc.width, wc.layer),
+        revision=lambda wc: config["source"]["saelens"]["revision"],
+        registry=lambda wc: config["source"]["saelens"]["registry"],
+    retries: 3
+    conda:
+        "../envs/hub.yaml"
+    log:
+        "logs/fetch_saelens_sae/width_{width}/layer_{layer}.log",
+    script:
+        "../scripts/fetch_saelens_sae.py"
+
+
 localrules:
     fetch_sae,
+    fetch_saelens_sae,

@@ -1,15 +1,18 @@
-"""JumpReLU SAEs: loading (Gemma Scope npz, SAELens safetensors), validation and folding.
+"""JumpReLU SAEs: loading (Gemma Scope npz, SAELens folders, fetch manifests), validation and
+folding.
 
 A JumpReLU SAE computes ``pre = x @ W_enc + b_enc``, ``f = pre * (pre > threshold)`` and
 ``x_hat = f @ W_dec + b_dec``. Every loader validates what it reads, so a bad file fails here,
-once, with its path in the message, instead of producing NaN costs three rules later.
+once, with its path in the message, instead of producing NaN costs three rules later. SAELens
+folders and registry downloads are converted to this one form in :mod:`saematch.saelens`.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +24,11 @@ PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
 @dataclass(frozen=True)
 class SAE:
-    """The five arrays of a JumpReLU SAE (float32), plus where they came from."""
+    """The five arrays of a JumpReLU SAE (float32), plus where they came from.
+
+    ``meta`` is JSON-able metadata where the source has it: model, hook name, layer, SAELens
+    release and id, Neuronpedia id, and how the SAELens settings were folded in.
+    """
 
     W_enc: np.ndarray  # [d_model, n]
     b_enc: np.ndarray  # [n]
@@ -29,6 +36,7 @@ class SAE:
     b_dec: np.ndarray  # [d_model]
     threshold: np.ndarray  # [n]
     source: str = "<memory>"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def d_model(self) -> int:
@@ -84,14 +92,18 @@ def validate(sae: SAE) -> SAE:
     return sae
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` or ``.safetensors`` file (bfloat16 read exactly as float32).
+
+    The format is told by content, not name: Hub cache blobs have no suffix.
+    """
     if not path.exists():
         raise SAEMatchError(f"{path}: file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            return dict(load_file(str(path)))
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        if not zipped and path.suffix != ".npz":
+            return _read_safetensors(path)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except SAEMatchError:
@@ -101,41 +113,100 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                             "the file is truncated or not an SAE parameter file") from exc
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """Follow a fetch manifest (``.json`` with a ``path`` key) to the parameter file it names."""
-    path = Path(path)
-    if path.suffix == ".json" and path.name != "cfg.json":
-        try:
-            return Path(json.loads(path.read_text())["path"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise SAEMatchError(f"{path}: not a valid fetch manifest ({exc})") from exc
-    if path.is_dir():
-        for name in ("params.npz", "sae_weights.safetensors"):
-            if (path / name).exists():
-                return path / name
-        raise SAEMatchError(f"{path}: folder holds neither params.npz nor sae_weights.safetensors")
-    return path
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except TypeError:  # bfloat16 has no numpy dtype; torch widens it to float32 exactly
+        from safetensors.torch import load_file as load_torch
+
+        return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A fetch manifest (JSON naming the downloaded file(s) in the Hub cache)."""
+    try:
+        manifest = json.loads(path.read_text())
+        Path(manifest["path"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SAEMatchError(f"{path}: not a valid fetch manifest ({exc})") from exc
+    return manifest
+
+
+def _is_manifest(path: Path) -> bool:
+    return path.suffix == ".json" and path.name != "cfg.json"
+
+
+def _saelens_folder(path: Path) -> Path | None:
+    """The SAELens folder (one with ``cfg.json``) that ``path`` is or lies in, if any."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() or path.name in ("cfg.json", "sae_weights.safetensors"):
+        return folder if (folder / "cfg.json").exists() else None
+    return None
 
 
 def load_sae(path: str | os.PathLike) -> SAE:
     """Load and validate an SAE.
 
-    Accepts a Gemma Scope ``params.npz``, a SAELens folder or its ``sae_weights.safetensors``
-    (``threshold`` or ``log_threshold``), or a fetch manifest ``.json`` naming either.
+    Accepts a Gemma Scope ``params.npz`` (or one written by :func:`save_sae`), a SAELens folder
+    (``cfg.json`` + ``sae_weights.safetensors``; the folder, either file), a fetch manifest
+    ``.json``, or a bare ``sae_weights.safetensors`` without ``cfg.json`` (its arrays used as
+    they are). SAELens folders and registry downloads load to the SAE SAELens computes (see
+    :mod:`saematch.saelens`).
     """
-    file = resolve(path)
-    arrays = _read_arrays(file)
+    path = Path(path)
+    if _is_manifest(path):
+        manifest = read_manifest(path)
+        if "format" in manifest:
+            from .saelens import load_manifest
+
+            return load_manifest(manifest, str(path))
+        path = Path(manifest["path"])
+    folder = _saelens_folder(path)
+    if folder is not None:
+        from .saelens import load_folder
+
+        return load_folder(folder)
+    if path.is_dir():
+        found = [path / n for n in ("params.npz", "sae_weights.safetensors") if (path / n).exists()]
+        if not found:
+            raise SAEMatchError(f"{path}: folder holds neither params.npz nor a SAELens SAE "
+                                "(cfg.json + sae_weights.safetensors)")
+        path = found[0]
+    arrays = read_arrays(path)
     if "threshold" not in arrays and "log_threshold" in arrays:
         arrays["threshold"] = np.exp(arrays.pop("log_threshold"))
     missing = [k for k in PARAM_NAMES if k not in arrays]
     if missing:
-        raise SAEMatchError(f"{file}: missing array(s) {missing}; found {sorted(arrays)}")
+        raise SAEMatchError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
     params = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in PARAM_NAMES}
-    return validate(SAE(**params, source=str(file)))
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    return validate(SAE(**params, source=str(path), meta=meta))
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """An SAE's metadata without loading its weights: from a fetch manifest, a SAELens folder
+    (or either of its files) or an ``.npz`` written by :func:`save_sae`; ``{}`` if it has none."""
+    path = Path(path)
+    if _is_manifest(path):
+        return read_manifest(path).get("meta", {})
+    folder = _saelens_folder(path)
+    if folder is not None:
+        from .saelens import folder_meta
+
+        return folder_meta(folder)
+    if path.suffix == ".npz" and path.exists():
+        with np.load(path, allow_pickle=False) as npz:
+            return json.loads(str(npz["meta"])) if "meta" in npz.files else {}
+    return {}
 
 
 def save_sae(path: str | os.PathLike, sae: SAE, **extra: np.ndarray) -> None:
-    """Write a Gemma Scope style ``params.npz`` (plus any ``extra`` arrays), atomically."""
+    """Write a Gemma Scope style ``params.npz`` (plus any ``extra`` arrays and, if the SAE has
+    metadata, ``meta``: a JSON string), atomically."""
+    if sae.meta:
+        extra = {"meta": np.array(json.dumps(sae.meta, sort_keys=True)), **extra}
     write_npz(path, **{k: getattr(sae, k) for k in PARAM_NAMES}, **extra)
 
 
@@ -155,6 +226,7 @@ def fold(sae: SAE) -> SAE:
         b_dec=sae.b_dec.copy(),
         threshold=np.ones_like(theta),
         source=f"{sae.source} (folded)",
+        meta=sae.meta,
     )
 
 

@@ -65,13 +65,18 @@ def test_save_load_roundtrip_and_formats(tmp_path):
     loaded = load_sae(tmp_path / "a/params.npz")
     for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
         np.testing.assert_array_equal(getattr(loaded, k), getattr(sae, k))
-    # SAELens folder with log_threshold
+    # SAELens folder with log_threshold: bare weights, then with a cfg.json (tests/test_saelens.py
+    # checks SAELens's settings against SAELens itself)
     folder = tmp_path / "saelens"
     folder.mkdir()
     save_file({"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
                "log_threshold": np.log(sae.threshold)}, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text("{}")
     np.testing.assert_allclose(load_sae(folder).threshold, sae.threshold, rtol=1e-6)
+    (folder / "cfg.json").write_text(json.dumps({
+        "architecture": "jumprelu", "d_in": 16, "d_sae": 64, "dtype": "float32",
+        "apply_b_dec_to_input": False, "metadata": {"sae_lens_version": "6.54.12"}}))
+    np.testing.assert_allclose(load_sae(folder).threshold, sae.threshold, rtol=1e-6)
+    np.testing.assert_array_equal(load_sae(folder).b_enc, sae.b_enc)
     # fetch manifest
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"path": str(tmp_path / "a/params.npz")}))

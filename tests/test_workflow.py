@@ -265,6 +265,45 @@ def test_hub_source_reads_a_prefilled_cache_offline(tmp_path):
     assert not leaked
 
 
+def test_saelens_source_reads_a_prefilled_cache_offline(tmp_path):
+    """A SAELens release (Gemma Scope's format), resolved through a registry file and read from
+    a pre-filled cache offline; every SAE carries its Neuronpedia id into the folded output."""
+    import yaml
+
+    from saematch.sources import neuronpedia_id
+
+    sha = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = tmp_path / "hub/models--google--gemma-scope-test-res"
+    planted_family(PlantedSpec(n_features=64, d_model=16), [0, 1], repo / "snapshots" / sha, "64",
+                   "average_l0_9")
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(sha)
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump({"gemma-scope-test": {
+        "conversion_func": "gemma_2", "model": "test-model",
+        "repo_id": "google/gemma-scope-test-res",
+        "saes": [{"id": f"layer_{L}/width_64/canonical", "neuronpedia": f"test-model/{L}-res-64",
+                  "path": f"layer_{L}/width_64/average_l0_9"} for L in (0, 1)]}}))
+    config = {"source": {"kind": "saelens", "saelens": {
+                  "release": "gemma-scope-test", "sae_id": "layer_{layer}/width_{width}/canonical",
+                  "registry": str(tmp_path / "registry.yaml")}},
+              "layers": [0, 1], "widths": {"64": {}}, "variants": {"folded": {}},
+              "persistence": {"max_distance": 1}}
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_TOKEN": "hf_secret_do_not_log"}
+    snakemake(tmp_path, "results/assign/folded/width_64/0-1.h5", config=config, env=env)
+    manifest = tmp_path / "results/saelens/width_64/layer_1.json"
+    record = json.loads(manifest.read_text())
+    assert record["filename"] == "layer_1/width_64/average_l0_9/params.npz"
+    assert record["revision"] == "main" and record["commit"] == sha  # the schema's default
+    assert record["meta"]["hook_name"] == "blocks.1.hook_resid_post"
+    for layer in (0, 1):
+        folded = tmp_path / f"results/folded/width_64/layer_{layer}.npz"
+        assert neuronpedia_id(folded) == f"test-model/{layer}-res-64"
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".h5"}
+              and b"hf_secret_do_not_log" in p.read_bytes()]
+    assert not leaked
+
+
 def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile",
                            str(REPO / "Snakefile")], capture_output=True, text=True, cwd=REPO)
