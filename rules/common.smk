@@ -142,7 +142,7 @@ def all_targets():
                         f"results/lm/matching_score/width_{w}.tsv"]
     if SOURCE == "trained":
         targets.append("results/lm/sae_quality.tsv")
-    return targets
+    return targets + explore_targets()  # rules/explore.smk
 
 
 # Resources grow with the width (a 65k pair asks for 16x the memory of a 16k pair) and with
