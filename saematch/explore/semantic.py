@@ -32,6 +32,8 @@ from ..sae import SAE
 from .evidence import Evidence
 
 SCORES = ("context_tokens", "logit_tokens", "activation_corr")
+SUMMARY = ("n_pairs", "n_defined", "mean", "q25", "q50", "q75", "mean_matched", "null_mean",
+           "null_q95", "frac_above_null95")  # the columns of a score's table row, in order
 
 
 def token_sets(ids: np.ndarray) -> np.ndarray:
@@ -147,8 +149,7 @@ def read_pair_scores(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, d
         with h5py.File(path, "r") as h5:
             names = [s for s in str(h5.attrs["scores"]).split(",") if s]
             arrays = {s: h5[s][()] for s in names}
-            summary = {s: {k.split(".", 1)[1]: v.item() for k, v in h5.attrs.items()
-                           if k.startswith(f"{s}.")} for s in names}
+            summary = {s: {k: h5.attrs[f"{s}.{k}"].item() for k in SUMMARY} for s in names}
             return arrays, summary
     except (OSError, KeyError) as exc:
         raise SAEMatchError(f"{path}: cannot read semantic scores ({exc})") from exc

@@ -116,28 +116,31 @@ def judge_step(chains: PathLike, assignments: Sequence[PathLike], evidence: Sequ
 def explorer_step(out: PathLike, *, width: str, source: str, variant: str,
                   layers: Sequence[int], evidence: Sequence[PathLike],
                   assignments: Sequence[PathLike], metrics: Sequence[PathLike],
-                  chains: PathLike, semantic: Sequence[PathLike] = (),
-                  semantic_table: PathLike | None = None, judge_table: PathLike | None = None,
-                  flow_chains: int = 30, chunk: int = 2048) -> None:
-    """The explorer folder of one width (see :mod:`saematch.explore.page`)."""
+                  chains: PathLike, semantic: dict[str, Sequence[PathLike]] | None = None,
+                  judge_table: PathLike | None = None, flow_chains: int = 30,
+                  chunk: int = 2048) -> None:
+    """The explorer folder of one width (see :mod:`saematch.explore.page`). ``semantic`` maps
+    each variant to its per-pair score files in layer order (may be empty); ``variant`` is the
+    matching whose chains, partners and scores the page shows."""
     import pandas as pd
 
     from .evidence import read_evidence
     from .page import PairData, build_explorer
     from .semantic import read_pair_scores
 
+    semantic = {v: [read_pair_scores(p) for p in files] for v, files in (semantic or {}).items()}
+    table = [{"variant": v, "layer_a": layers[k], "layer_b": layers[k + 1], "score": name,
+              **summary} for v, scores in semantic.items() for k, (_, by_score) in
+             enumerate(scores) for name, summary in by_score.items()]
     pairs = []
     for k, (asg, met) in enumerate(zip(assignments, metrics, strict=True)):
         a = read_assignment(asg)
         arrays, summary = read_pair_metrics(met)
-        sem, sem_summary = read_pair_scores(semantic[k]) if semantic else ({}, {})
+        sem, sem_summary = semantic[variant][k] if semantic else ({}, {})
         pairs.append(PairData(layers[k], layers[k + 1], a.perm, a.match_cost, arrays["mse"],
                               arrays["matched"], summary, sem, sem_summary))
-
-    def table(path):
-        return pd.read_csv(path, sep="\t").to_dict("records") if path else None
-
+    judge = pd.read_csv(judge_table, sep="\t").to_dict("records") if judge_table else None
     build_explorer(out, width=width, source=source, variant=variant, layers=layers,
                    evidence=[read_evidence(p) for p in evidence], pairs=pairs,
-                   chain_lengths=_chains(chains), semantic_table=table(semantic_table),
-                   judge_table=table(judge_table), flow_chains=flow_chains, chunk=chunk)
+                   chain_lengths=_chains(chains), semantic_table=table, judge_table=judge,
+                   flow_chains=flow_chains, chunk=chunk)

@@ -143,6 +143,9 @@
         text: "L" + L, showarrow: false, font: { size: 11, color: "#4b5466" } })),
     };
     const el = $("flow");
+    const tallest = Math.max(...perLayer.map((keys) => keys.length));
+    layout.height = Math.max(220, Math.min(640, 70 + 18 * tallest));
+    el.style.height = `${layout.height}px`;
     Plotly.react(el, data, layout, { displaylogo: false, responsive: true });
     if (!el.dataset.bound) {
       el.dataset.bound = "1";
@@ -317,7 +320,8 @@
       yaxis2: { title: { text: score ? `mean ${SCORE_NAMES[score] || score}` : "" },
         overlaying: "y", side: "right", showgrid: false },
     };
-    Plotly.newPlot($("overview-chart"), traces, layout, { displaylogo: false, responsive: true });
+    Plotly.newPlot($("overview-chart"), traces, layout,
+      { displayModeBar: false, responsive: true });
     if (M.judge_table.length) {
       $("judge").innerHTML = "<h3>LLM judge along feature paths</h3><table><tr><th>pair</th>" +
         "<th>SAME</th><th>MAYBE</th><th>DIFFERENT</th><th>other</th></tr>" +
