@@ -3,8 +3,9 @@
 Browsers refuse ``fetch()`` of local files, so every piece of data is a sibling ``.js`` file that
 the page loads with a ``<script>`` tag: ``data/meta.js`` (structure: every pair's permutation,
 costs, matched flags and semantic scores as base64 typed arrays, chain lengths, the longest
-chains, the tables) at once; ``data/ev_{layer}_{chunk}.js`` (evidence of ``chunk`` features)
-and ``data/tok_{layer}.js`` (token -> features index for the token search) lazily, when a card
+chains, the tables) at once; ``data/ev_{layer}_{chunk}.js`` (evidence of ``chunk`` features),
+``data/voc_{layer}.js`` (text of every token id the layer's evidence uses) and
+``data/tok_{layer}.js`` (token -> features index for the token search) lazily, when a card
 or a search needs them. Plotly (its Python package ships ``plotly.min.js``) draws the flow view
 (a Sankey diagram) and the overview chart; Jinja2 renders the page.
 """
@@ -48,8 +49,14 @@ def b64(arr: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(arr, dtype=dtype).tobytes()).decode()
 
 
-def _sig(x: float, digits: int = 3) -> float:
-    return float(f"{x:.{digits}g}")
+def significant(x: np.ndarray, digits: int = 3) -> np.ndarray:
+    """``x`` rounded to ``digits`` significant digits, so JSON prints short numbers (the
+    rounded value is an integer divided or multiplied by an exact power of ten)."""
+    x = np.asarray(x, dtype=np.float64)
+    mag = np.floor(np.log10(np.abs(np.where((x == 0) | ~np.isfinite(x), 1.0, x))))
+    k = (digits - 1 - mag).astype(int)
+    up, down = 10.0 ** np.maximum(k, 0), 10.0 ** np.maximum(-k, 0)
+    return np.where(k >= 0, np.round(x * up) / up, np.round(x / down) * down)
 
 
 def _json(obj) -> str:
@@ -73,31 +80,26 @@ def _finite(obj):
     return obj
 
 
-def feature_records(ev: Evidence, start: int, stop: int) -> tuple[list[str], list[dict]]:
-    """Compact per-feature evidence of features ``start:stop`` with a local token table."""
-    vocab: dict[int, int] = {}
-
-    def tok(t: int) -> int:
-        return vocab.setdefault(int(t), len(vocab))
-
-    records = []
-    for i in range(start, stop):
-        r: dict = {"th": _sig(ev.threshold[i])}
-        if ev.has_contexts:
-            r["fr"], r["ma"] = _sig(ev.freq[i]), _sig(ev.mean_act[i])
-            r["ctx"] = [{"t": [tok(t) if t >= 0 else -1 for t in ev.ctx_tokens[i, c]],
-                         "a": [_sig(a, 2) for a in ev.ctx_acts[i, c]],
-                         "d": int(ev.ctx_dataset[i, c])}
-                        for c in range(ev.ctx_tokens.shape[1]) if ev.ctx_dataset[i, c] >= 0]
-        if ev.has_logit_lens:
-            r["lt"] = [[tok(t), _sig(v)] for t, v in zip(ev.logit_top[i], ev.logit_top_val[i])]
-            r["lb"] = [[tok(t), _sig(v)] for t, v in zip(ev.logit_bottom[i],
-                                                         ev.logit_bottom_val[i])]
-        if ev.explanation is not None and ev.explanation[i]:
-            r["x"] = ev.explanation[i]
-        records.append(r)
-    texts = [ev.vocab.get(t, f"<{t}>") for t in vocab]
-    return texts, records
+def feature_records(ev: Evidence, start: int, stop: int) -> list[dict]:
+    """Compact evidence of features ``start:stop``; token ids index the layer's vocabulary."""
+    sl = slice(start, stop)
+    cols: dict[str, list] = {"th": significant(ev.threshold[sl]).tolist()}
+    if ev.has_contexts:
+        cols["fr"] = significant(ev.freq[sl]).tolist()
+        cols["ma"] = significant(ev.mean_act[sl]).tolist()
+        tokens, acts = ev.ctx_tokens[sl].tolist(), significant(ev.ctx_acts[sl], 2).tolist()
+        ds = ev.ctx_dataset[sl].tolist()
+        cols["ctx"] = [[{"t": t, "a": a, "d": d} for t, a, d in zip(*f) if d >= 0]
+                       for f in zip(tokens, acts, ds)]
+    if ev.has_logit_lens:
+        cols["lt"], cols["lb"] = ev.logit_top[sl].tolist(), ev.logit_bottom[sl].tolist()
+        cols["lv"] = significant(ev.logit_top_val[sl]).tolist()
+        cols["bv"] = significant(ev.logit_bottom_val[sl]).tolist()
+    if ev.explanation is not None:
+        cols["x"] = ev.explanation[sl]
+    names = list(cols)
+    return [{k: v for k, v in zip(names, values) if k != "x" or v}
+            for values in zip(*(cols[k] for k in names))]
 
 
 def token_index(ev: Evidence) -> dict[str, list[int]]:
@@ -171,8 +173,10 @@ def _write_explorer(out: Path, *, width, source, variant, layers, evidence, pair
         f"window.SAEM = window.SAEM || {{}};\nSAEM.meta = {_json(meta)};\n")
     for L, ev in zip(layers, evidence):
         for c, start in enumerate(range(0, n, chunk)):
-            texts, records = feature_records(ev, start, min(n, start + chunk))
-            (data / f"ev_{L}_{c}.js").write_text(_js("addEvidence", L, c, texts, records))
+            records = feature_records(ev, start, min(n, start + chunk))
+            (data / f"ev_{L}_{c}.js").write_text(_js("addEvidence", L, c, records))
+        (data / f"voc_{L}.js").write_text(_js("addVocab", L, {str(k): v for k, v in
+                                                              ev.vocab.items()}))
         (data / f"tok_{L}.js").write_text(_js("addTokens", L, token_index(ev)))
     static = resources.files("saematch.explore") / "static"
     for name in ("explorer.js", "explorer.css"):

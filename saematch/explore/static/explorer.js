@@ -4,7 +4,8 @@
 (function () {
   "use strict";
   const SAEM = (window.SAEM = window.SAEM || {});
-  const evidence = {}; // "layer_chunk" -> {v: token texts, r: records}
+  const evidence = {}; // "layer_chunk" -> records
+  const vocabs = {}; // layer -> {token id: text}
   const tokenIndex = {}; // layer -> {token: [features]}
   const loading = {};
   const SCORE_NAMES = {
@@ -13,9 +14,8 @@
   };
   let M, P, chainLen, layerIdx;
 
-  SAEM.addEvidence = (layer, chunk, texts, records) => {
-    evidence[layer + "_" + chunk] = { v: texts, r: records };
-  };
+  SAEM.addEvidence = (layer, chunk, records) => { evidence[layer + "_" + chunk] = records; };
+  SAEM.addVocab = (layer, vocab) => { vocabs[layer] = vocab; };
   SAEM.addTokens = (layer, index) => { tokenIndex[layer] = index; };
 
   function loadScript(src) {
@@ -171,9 +171,9 @@
   async function featureRecord(L, i) {
     const c = Math.floor(i / M.chunk);
     const key = L + "_" + c;
-    if (!evidence[key]) await loadScript(`data/ev_${L}_${c}.js`);
-    const chunk = evidence[key];
-    return { rec: chunk.r[i - c * M.chunk], vocab: chunk.v };
+    await Promise.all([evidence[key] || loadScript(`data/ev_${L}_${c}.js`),
+      vocabs[L] || loadScript(`data/voc_${L}.js`)]);
+    return { rec: evidence[key][i - c * M.chunk], vocab: vocabs[L] };
   }
 
   function scoreCells(t, i) {
@@ -203,9 +203,9 @@
       fmt(ctx.a[M.ctx_offset])}</span></div>`;
   }
 
-  function tokenList(items, vocab, neg) {
-    return `<div class="tokens${neg ? " neg" : ""}">${items.map(([tok, v]) =>
-      `<span title="${fmt(v)}">${esc(vocab[tok])}</span>`).join("")}</div>`;
+  function tokenList(ids, values, vocab, neg) {
+    return `<div class="tokens${neg ? " neg" : ""}">${ids.map((tok, k) =>
+      `<span title="${fmt(values[k])}">${esc(vocab[tok])}</span>`).join("")}</div>`;
   }
 
   async function openFeature(L, i, redraw) {
@@ -261,8 +261,8 @@
           : "<p class=\"dim\">never fires on the held-out text</p>");
     }
     if (rec.lt) {
-      html += `<h3>Logit lens: promoted</h3>${tokenList(rec.lt, vocab, false)}` +
-        `<h3>suppressed</h3>${tokenList(rec.lb, vocab, true)}`;
+      html += `<h3>Logit lens: promoted</h3>${tokenList(rec.lt, rec.lv, vocab, false)}` +
+        `<h3>suppressed</h3>${tokenList(rec.lb, rec.bv, vocab, true)}`;
     }
     const card = $("card");
     card.className = "card";
@@ -294,32 +294,44 @@
         `${L}:${i}</a>`).join(" ");
   }
 
+  // Small multiples: the matched fraction per pair, then each semantic score per pair for every
+  // variant against random pairs (mean dashed, 95th percentile dotted).
   function drawOverview() {
-    const labels = P.map((p) => `${p.a}→${p.b}`);
     const traces = [{
-      x: labels, y: M.pairs.map((p) => p.frac_matched), name: `matched fraction (${M.variant})`,
-      mode: "lines+markers", line: { color: "#555" }, yaxis: "y",
+      x: P.map((p) => `${p.a}→${p.b}`), y: M.pairs.map((p) => p.frac_matched),
+      name: `matched (${M.variant})`, mode: "lines+markers", line: { color: "#555" },
+      xaxis: "x", yaxis: "y", showlegend: false,
     }];
     const rows = M.semantic_table;
-    const score = M.scores[0];
-    if (score) {
-      const variants = [...new Set(rows.map((r) => r.variant))];
-      for (const v of variants) {
-        const rs = rows.filter((r) => r.variant === v && r.score === score);
+    const variants = [...new Set(rows.map((r) => r.variant))];
+    const colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+    const titles = [`matched fraction (${M.variant})`];
+    M.scores.forEach((score, k) => {
+      const axis = k + 2;
+      const pick = (v) => rows.filter((r) => r.variant === v && r.score === score);
+      variants.forEach((v, c) => {
+        const rs = pick(v);
         traces.push({ x: rs.map((r) => `${r.layer_a}→${r.layer_b}`), y: rs.map((r) => r.mean),
-          name: `${v}: ${SCORE_NAMES[score] || score}`, mode: "lines+markers", yaxis: "y2" });
+          name: v, legendgroup: v, showlegend: k === 0, mode: "lines+markers",
+          line: { color: colors[c % colors.length] }, xaxis: `x${axis}`, yaxis: `y${axis}` });
+      });
+      const ref = pick(variants[0]);
+      for (const [field, dash, name] of [["null_mean", "dash", "random pairs: mean"],
+        ["null_q95", "dot", "random pairs: 95th pct"]]) {
+        traces.push({ x: ref.map((r) => `${r.layer_a}→${r.layer_b}`), y: ref.map((r) => r[field]),
+          name, legendgroup: field, showlegend: k === 0, mode: "lines",
+          line: { dash, color: "black", width: 1 }, xaxis: `x${axis}`, yaxis: `y${axis}` });
       }
-      const first = rows.filter((r) => r.variant === variants[0] && r.score === score);
-      traces.push({ x: first.map((r) => `${r.layer_a}→${r.layer_b}`),
-        y: first.map((r) => r.null_mean), name: "random pairs (null)", mode: "lines",
-        line: { dash: "dash", color: "black" }, yaxis: "y2" });
-    }
+      titles.push(`${SCORE_NAMES[score] || score} (mean over matched pairs)`);
+    });
     const layout = {
-      height: 360, margin: { l: 50, r: 50, t: 10, b: 40 }, legend: { orientation: "h", y: -0.25 },
-      yaxis: { title: { text: "matched fraction" }, range: [0, 1.02] },
-      yaxis2: { title: { text: score ? `mean ${SCORE_NAMES[score] || score}` : "" },
-        overlaying: "y", side: "right", showgrid: false },
+      height: 170 * titles.length + 60, margin: { l: 45, r: 10, t: 24, b: 30 },
+      grid: { rows: titles.length, columns: 1, pattern: "independent", ygap: 0.45 },
+      legend: { orientation: "h", y: -0.08 }, font: { size: 11 },
+      annotations: titles.map((text, k) => ({ text, showarrow: false, xref: "paper",
+        yref: `y${k ? k + 1 : ""} domain`, x: 0, y: 1.18, xanchor: "left", font: { size: 12 } })),
     };
+    layout.yaxis = { range: [0, 1.02] };
     Plotly.newPlot($("overview-chart"), traces, layout,
       { displayModeBar: false, responsive: true });
     if (M.judge_table.length) {
