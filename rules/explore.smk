@@ -95,12 +95,9 @@ rule explorer:
     input:
         unpack(explorer_input),
     output:
-        explorer=report(
-            directory(explorer_dir("{width}")),
-            htmlindex="index.html",
-            category="Explorer",
-            subcategory="width {width}",
-        ),
+        # Linked from report/workflow.rst, not embedded: Snakemake embeds a folder only in a
+        # zip report, and it would break `snakemake --report report.html`.
+        explorer=directory(explorer_dir("{width}")),
     params:
         source=SOURCE,
         variant=PERSIST["variant"],

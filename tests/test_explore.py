@@ -374,3 +374,35 @@ def test_explanations_built_from_evidence_for_trained_saes():
     assert "fires on tokens ' cat'" in text and "'a cat'" in text and "promotes ' the', 'def'" \
         in text
     assert J.evidence_explanation(ev, 1) == "promotes 'def', ' the'"
+
+
+def test_explorer_without_token_evidence(tmp_path):
+    """A synthetic source without a model: no scores, no contexts; the page still holds the
+    structure (perms, costs, matched, chains) and the thresholds."""
+    from saematch.assign import Assignment, write_assignment
+    from saematch.explore.steps import explorer_step
+    from saematch.metrics import write_pair_metrics
+    from saematch.steps import split_by_variant
+
+    perms, lengths, evidence = chain_family(tmp_path)
+    asg, met = [], []
+    for k, p in enumerate(perms):
+        asg.append(tmp_path / f"asg_{k}.h5")
+        write_assignment(asg[-1], Assignment(p, np.arange(6.0), "dense"), {})
+        met.append(tmp_path / f"met_{k}.h5")
+        write_pair_metrics(met[-1], {"mse": np.arange(6.0), "matched": lengths[k] > 0},
+                           {"random_mse_mean": 10.0, "frac_matched": 0.5})
+    with h5py.File(tmp_path / "chains.h5", "w") as h5:
+        h5.create_dataset("length", data=lengths)
+    out = tmp_path / "explorer"
+    explorer_step(out, width="6", source="synthetic", variant="folded", layers=[0, 1, 2],
+                  evidence=evidence, assignments=asg, metrics=met, chains=tmp_path / "chains.h5",
+                  semantic=split_by_variant([], ["folded", "identity"]))
+    meta = json.loads((out / "data/meta.js").read_text().split("SAEM.meta = ", 1)[1][:-2])
+    assert meta["scores"] == [] and meta["semantic_table"] == [] and not meta["has_contexts"]
+    import base64
+
+    assert np.array_equal(np.frombuffer(base64.b64decode(meta["pairs"][1]["perm"]), "<i4"),
+                          perms[1])
+    assert meta["flow"][0] == [0, 0, 2]  # the longest chain: 0 -> 1 -> 3 over both steps
+    assert (out / "index.html").exists() and not list(tmp_path.glob(".explorer.tmp*"))

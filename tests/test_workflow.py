@@ -93,6 +93,9 @@ def test_full_run_explains_matches(full_run):
     assert '<script src="data/meta.js">' in html  # data by script tag: no fetch() from file://
     assert "fetch(" not in (page / "explorer.js").read_text()
     assert (page / "plotly.min.js").stat().st_size > 1_000_000
+    snakemake(workdir, "--report", str(workdir / "report.html"), config=config)
+    assert 'href=\\"results/explorer/width_128/index.html\\"' in \
+        (workdir / "report.html").read_text()  # the report links the explorer
 
 
 def test_explorer_in_headless_chromium(full_run):
@@ -146,6 +149,30 @@ def test_explorer_in_headless_chromium(full_run):
     shot = workdir / "explorer.png"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"explorer screenshot: {shot}")
+
+
+def test_judge_rule_with_a_loopback_endpoint(full_run, tmp_path):
+    """`explore.judge.enabled`: the judge rule asks a chat-completions server (here one on
+    loopback) about explanation pairs along the longest chains; the key stays in the env."""
+    from test_explore import ChatServer
+
+    workdir, config, _ = full_run
+    config = copy.deepcopy(config)
+    target = "results/explore/judge/width_128/table.tsv"
+    with ChatServer(lambda prompt: "SAME") as srv:
+        config["explore"]["judge"] = {"enabled": True, "endpoint": srv.url, "model": "m",
+                                      "paths": 5, "api_key_env": "JUDGE_TEST_KEY"}
+        snakemake(workdir, target, config=config, env={"JUDGE_TEST_KEY": "sk-do-not-log"})
+    table = pd.read_csv(workdir / target, sep="\t")
+    assert list(table.layer_a) == [0, 1, 2] and table.same.sum() == len(srv.requests) > 0
+    assert all(r["auth"] == "Bearer sk-do-not-log" for r in srv.requests)
+    leaked = [p for p in workdir.rglob("*") if p.is_file() and p.suffix in {".tsv", ".log"}
+              and b"sk-do-not-log" in p.read_bytes()]
+    assert not leaked
+    down = copy.deepcopy(config)
+    down["explore"]["judge"].update(endpoint="http://127.0.0.1:9/v1", retries=1, backoff=0.01)
+    proc = snakemake(workdir, target, "--forcerun", "judge", config=down, check=False)
+    assert proc.returncode != 0 and "is down or unreachable: 2 tries failed" in proc.stderr
 
 
 def test_warm_rerun_does_nothing(full_run):

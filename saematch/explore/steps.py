@@ -128,7 +128,8 @@ def explorer_step(out: PathLike, *, width: str, source: str, variant: str,
     from .page import PairData, build_explorer
     from .semantic import read_pair_scores
 
-    semantic = {v: [read_pair_scores(p) for p in files] for v, files in (semantic or {}).items()}
+    semantic = {v: [read_pair_scores(p) for p in files]
+                for v, files in (semantic or {}).items() if files}  # none: no token evidence
     table = [{"variant": v, "layer_a": layers[k], "layer_b": layers[k + 1], "score": name,
               **summary} for v, scores in semantic.items() for k, (_, by_score) in
              enumerate(scores) for name, summary in by_score.items()]
