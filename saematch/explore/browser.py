@@ -1,10 +1,10 @@
 """Drive the explorer in a real headless Chromium (Debian ``chromium`` + ``chromium-driver``,
 Python ``selenium``): the browser test, the load-time benchmark and the README screenshot.
 
-Screenshot of a run's explorer, opening one feature's card::
+Screenshot of a run's explorer (the longest chains, and the card of the feature where the
+longest one starts, or of ``--feature layer:index``)::
 
-    python3 -m saematch.explore.browser results/explorer/width_1k --feature 9:12 \\
-        --out explorer.png
+    python3 -m saematch.explore.browser results/explorer/width_1k --out explorer.png
 
 Chromium starts with no network features (no background networking, component updates, sync
 or first-run) and a fresh profile, so it never reaches for the network.
@@ -93,31 +93,58 @@ def console_errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+def open_card(driver, layer: int, index: int, timeout: float = 60) -> None:
+    """Open a feature's card without redrawing the flow view (as clicking a node does)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("SAEM.openFeature(arguments[0], arguments[1], false);", layer, index)
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+        "const c = document.getElementById('card');"
+        "return c.dataset.layer === String(arguments[0]) && "
+        "c.dataset.index === String(arguments[1]);", layer, index))
+
+
+def top_feature(driver) -> tuple[int, int]:
+    """(layer, index) where the longest chain of matched features starts."""
+    layer, index = driver.execute_script(
+        "const f = SAEM.meta.flow[0] || [0, 0]; return [SAEM.meta.layers[f[0]], f[1]];")
+    return int(layer), int(index)
+
+
 def screenshot(folder: str | Path, out: str | Path, feature: tuple[int, int] | None = None,
-               width: int = 1500, height: int = 1400) -> None:
-    """Open the explorer, optionally a feature's card, and save a PNG of the page."""
+               path: bool = False, width: int = 1500, height: int = 1400) -> tuple[int, int]:
+    """Open the explorer and a feature's card (default: the start of the longest chain), with
+    the flow view showing the longest chains or, with ``path``, the path through the feature;
+    save a PNG of the window. Returns the feature shown."""
     with chromium(width, height) as driver:
         open_explorer(driver, folder)
-        if feature:
+        feature = feature or top_feature(driver)
+        if path:
             search_feature(driver, *feature)
+        else:
+            open_card(driver, *feature)
         time.sleep(0.5)  # let Plotly finish its transitions
         errors = console_errors(driver)
         if errors:
             raise SAEMatchError(f"{folder}: the page logged errors: {errors}")
         driver.save_screenshot(str(out))
+    return feature
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Screenshot of an explorer page (headless Chromium)")
     ap.add_argument("folder", help="an explorer folder, e.g. results/explorer/width_1k")
     ap.add_argument("--out", default="explorer.png")
-    ap.add_argument("--feature", help="layer:index whose card to open")
+    ap.add_argument("--feature", help="layer:index whose card to open (default: where the "
+                    "longest chain starts)")
+    ap.add_argument("--path", action="store_true",
+                    help="flow view: the path through the feature instead of the longest chains")
     ap.add_argument("--size", default="1500x1400", help="window WIDTHxHEIGHT")
     args = ap.parse_args()
     feature = tuple(int(x) for x in args.feature.split(":")) if args.feature else None
     w, h = (int(x) for x in args.size.split("x"))
-    screenshot(args.folder, args.out, feature, w, h)
-    print(args.out)
+    shown = screenshot(args.folder, args.out, feature, args.path, w, h)
+    print(f"{args.out}: feature {shown[0]}:{shown[1]}")
 
 
 if __name__ == "__main__":
