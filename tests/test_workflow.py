@@ -207,13 +207,17 @@ def test_certified_solver_gives_the_dense_answer(full_run, tmp_path):
             assert h5.attrs["gap"] <= 1e-6 * abs(h5.attrs["objective"])
 
 
-@pytest.mark.parametrize("change, new_markers", [
-    (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",)),
-    (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4")),  # 2-4: direct, distance 2
-    # evidence is per layer, semantic scores per variant x pair: a new one adds only its jobs
-    (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",)),
+@pytest.mark.parametrize("change, new_markers, new_explore_jobs", [
+    (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",),
+     {"feature_evidence": 4, "semantic_pair": 12, "explorer": 1}),
+    (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4"),  # 2-4: direct, distance 2
+     {"feature_evidence": 1, "semantic_pair": 4, "explorer": 1}),
+    (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",),
+     {"semantic_pair": 3, "explorer": 1}),
 ])
-def test_config_growth_runs_only_new_jobs(full_run, change, new_markers):
+def test_config_growth_runs_only_new_jobs(full_run, change, new_markers, new_explore_jobs):
+    """Evidence is keyed by width x layer and semantic scores by width x variant x pair, so a
+    new width, layer or variant adds exactly its own explore jobs (plus the aggregates)."""
     workdir, config, _ = full_run
     grown = copy.deepcopy(config)
     change(grown)
@@ -222,6 +226,9 @@ def test_config_growth_runs_only_new_jobs(full_run, change, new_markers):
     new = [(r, o) for r, o in jobs if r not in aggregates]
     assert new, "growing the config must add jobs"
     assert all(any(m in o for m in new_markers) for _, o in new), new
+    explore_rules = ("feature_evidence", "semantic_pair", "explorer")
+    counts = {r: n for r in explore_rules if (n := sum(rule == r for rule, _ in jobs))}
+    assert counts == new_explore_jobs, counts  # one explorer: the grown width's
     if new_markers == ("width_64",):  # old width's aggregates stay untouched
         assert not [o for r, o in jobs if r in aggregates and "width_128" in o]
 
