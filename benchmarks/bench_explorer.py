@@ -55,7 +55,7 @@ def family(n: int, n_layers: int, logit_lens: bool, seed: int = 0):
         sem = {"logit_tokens": rng.random(n).astype(np.float32)} if logit_lens else {}
         pairs.append(PairData(layer, layer + 1, rng.permutation(n), mse * 4609, mse, mse < 0.06,
                               {"random_mse_mean": 0.2, "match_threshold": 0.06,
-                               "frac_matched": float((mse < 0.06).mean())}, sem, {}))
+                               "frac_matched": float((mse < 0.06).mean())}, sem))
     lengths = chain_lengths([p.perm for p in pairs], [p.matched for p in pairs])
     return evidence, pairs, lengths
 

@@ -41,7 +41,6 @@ class PairData:
     matched: np.ndarray
     summary: dict  # the metrics summary (match_threshold, random_mse_mean, frac_matched ...)
     semantic: dict[str, np.ndarray]  # score -> per matched pair (may be empty)
-    semantic_summary: dict[str, dict]
 
 
 def b64(arr: np.ndarray, dtype: str) -> str:
@@ -127,8 +126,7 @@ def _pair_meta(p: PairData) -> dict:
             "random_mse": p.summary.get("random_mse_mean"),
             "threshold": p.summary.get("match_threshold"),
             "frac_matched": p.summary.get("frac_matched"),
-            "sem": {k: b64(v, "<f4") for k, v in p.semantic.items()},
-            "sem_summary": p.semantic_summary}
+            "sem": {k: b64(v, "<f4") for k, v in p.semantic.items()}}
 
 
 def build_explorer(out: PathLike, *, width: str, source: str, variant: str,

@@ -137,9 +137,9 @@ def explorer_step(out: PathLike, *, width: str, source: str, variant: str,
     for k, (asg, met) in enumerate(zip(assignments, metrics, strict=True)):
         a = read_assignment(asg)
         arrays, summary = read_pair_metrics(met)
-        sem, sem_summary = semantic[variant][k] if semantic else ({}, {})
+        sem = semantic[variant][k][0] if semantic else {}
         pairs.append(PairData(layers[k], layers[k + 1], a.perm, a.match_cost, arrays["mse"],
-                              arrays["matched"], summary, sem, sem_summary))
+                              arrays["matched"], summary, sem))
     judge = pd.read_csv(judge_table, sep="\t").to_dict("records") if judge_table else None
     build_explorer(out, width=width, source=source, variant=variant, layers=layers,
                    evidence=[read_evidence(p) for p in evidence], pairs=pairs,
