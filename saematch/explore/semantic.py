@@ -181,7 +181,7 @@ def plot_semantic_table(table, path: PathLike) -> None:
                 ax.tick_params(axis="x", rotation=45 if len(labels) > 10 else 0)
             ax.set_title(f"{score.replace('_', ' ')} (width {width})")
             ax.set_xlabel("layer pair")
-            ax.set_ylabel("mean over matched pairs")
+            ax.set_ylabel("mean over the matching's pairs")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     _save(fig, path)

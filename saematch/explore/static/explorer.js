@@ -322,7 +322,7 @@
           name, legendgroup: field, showlegend: k === 0, mode: "lines",
           line: { dash, color: "black", width: 1 }, xaxis: `x${axis}`, yaxis: `y${axis}` });
       }
-      titles.push(`${SCORE_NAMES[score] || score} (mean over matched pairs)`);
+      titles.push(`${SCORE_NAMES[score] || score} (mean over the matching's pairs)`);
     });
     const layout = {
       height: 170 * titles.length + 60, margin: { l: 45, r: 10, t: 24, b: 30 },
