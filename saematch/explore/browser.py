@@ -1,8 +1,8 @@
 """Drive the explorer in a real headless Chromium (Debian ``chromium`` + ``chromium-driver``,
 Python ``selenium``): the browser test, the load-time benchmark and the README screenshot.
 
-Screenshot of a run's explorer (the longest chains, and the card of the feature where the
-longest one starts, or of ``--feature layer:index``)::
+Screenshot of a run's explorer (the longest chains, and the card of a feature along them that
+fires on the held-out text, or of ``--feature layer:index``)::
 
     python3 -m saematch.explore.browser results/explorer/width_1k --out explorer.png
 
@@ -104,21 +104,37 @@ def open_card(driver, layer: int, index: int, timeout: float = 60) -> None:
         "c.dataset.index === String(arguments[1]);", layer, index))
 
 
-def top_feature(driver) -> tuple[int, int]:
-    """(layer, index) where the longest chain of matched features starts."""
-    layer, index = driver.execute_script(
-        "const f = SAEM.meta.flow[0] || [0, 0]; return [SAEM.meta.layers[f[0]], f[1]];")
-    return int(layer), int(index)
+def showcase_feature(driver) -> tuple[int, int]:
+    """(layer, index) of a feature worth showing: along the longest chains (longest first, each
+    from its start), the one with the most held-out contexts; else the longest chain's start
+    (sources without text)."""
+    candidates = driver.execute_script(
+        "const m = SAEM.meta; const out = [];"
+        "for (const [t, i, len] of m.flow) {"
+        "  let j = i;"
+        "  for (let s = t; s <= t + len && s < m.layers.length; s++) {"
+        "    out.push([m.layers[s], j]);"
+        "    if (s < m.pairs.length) j = SAEM.partner(s, j);"
+        "  }"
+        "}"
+        "return m.has_contexts ? out : out.slice(0, 1);")
+    best, most = (tuple(int(x) for x in candidates[0]) if candidates else (0, 0)), 0
+    for layer, index in candidates[:60]:
+        open_card(driver, layer, index)
+        n = driver.execute_script("return document.querySelectorAll('#card .ctx').length")
+        if n > most:
+            best, most = (int(layer), int(index)), n
+    return best
 
 
 def screenshot(folder: str | Path, out: str | Path, feature: tuple[int, int] | None = None,
                path: bool = False, width: int = 1500, height: int = 1400) -> tuple[int, int]:
-    """Open the explorer and a feature's card (default: the start of the longest chain), with
+    """Open the explorer and a feature's card (default: :func:`showcase_feature`), with
     the flow view showing the longest chains or, with ``path``, the path through the feature;
     save a PNG of the window. Returns the feature shown."""
     with chromium(width, height) as driver:
         open_explorer(driver, folder)
-        feature = feature or top_feature(driver)
+        feature = feature or showcase_feature(driver)
         if path:
             search_feature(driver, *feature)
         else:
@@ -135,8 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Screenshot of an explorer page (headless Chromium)")
     ap.add_argument("folder", help="an explorer folder, e.g. results/explorer/width_1k")
     ap.add_argument("--out", default="explorer.png")
-    ap.add_argument("--feature", help="layer:index whose card to open (default: where the "
-                    "longest chain starts)")
+    ap.add_argument("--feature", help="layer:index whose card to open (default: a feature "
+                    "along the longest chains that fires on the held-out text)")
     ap.add_argument("--path", action="store_true",
                     help="flow view: the path through the feature instead of the longest chains")
     ap.add_argument("--size", default="1500x1400", help="window WIDTHxHEIGHT")

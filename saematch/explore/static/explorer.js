@@ -373,5 +373,6 @@
   drawTopChains();
   drawOverview();
   SAEM.openFeature = openFeature;
+  SAEM.partner = (t, i) => P[t].perm[i]; // feature i of layer index t -> its partner in t+1
   SAEM.ready = true;
 })();
