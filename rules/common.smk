@@ -174,6 +174,77 @@ def activations(split):
             for d in LM_DATASETS]
 
 
+# The explore stage (rules/explore.smk). The model folder whose unembedding (logit lens) and
+# tokenizer the evidence uses: the exported LM for trained SAEs, else the one the user names
+# (e.g. gemma-2-2b next to Gemma Scope). Semantic scores need token evidence: held-out text
+# (trained) or a logit lens (a model).
+EXPLORE = config["explore"]
+JUDGE = EXPLORE["judge"]
+
+
+SEMANTIC = SOURCE == "trained" or EXPLORE["model"] is not None
+
+
+def explore_model():
+    """The model folder of the logit lens and tokenizer, or None."""
+    return rules.export_model.output.model if SOURCE == "trained" else EXPLORE["model"]
+
+
+def evidence_input(wc):
+    inputs = {"sae": sae_source(wc.layer, wc.width)}
+    if SOURCE == "trained":
+        inputs["activations"] = activations("eval")
+        inputs["corpora"] = [path_of("lm_corpus", "eval", dataset=d) for d in LM_DATASETS]
+    if SEMANTIC:
+        inputs["model"] = explore_model()
+    if EXPLORE["neuronpedia"]["explanations"]:
+        inputs["explanations"] = EXPLORE["neuronpedia"]["explanations"]
+    return inputs
+
+
+def evidence_by_layer(wc):
+    """Every layer's evidence of one width, as inputs named ``layer_{L}``."""
+    return {f"layer_{layer}": path_of("feature_evidence", "evidence", width=wc.width,
+                                      layer=layer) for layer in LAYERS}
+
+
+def semantic_input(wc):
+    inputs = {
+        "evidence_a": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.a),
+        "evidence_b": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.b),
+        "assignment": path_of("assign", "assignment", **pair_wildcards(wc)),
+        "metrics": path_of("pair_metrics", "metrics", **pair_wildcards(wc)),
+    }
+    if SOURCE == "trained":  # activation correlation on the held-out text
+        inputs.update(sae_a=sae_source(wc.a, wc.width), sae_b=sae_source(wc.b, wc.width),
+                      activations=activations("eval"))
+    return inputs
+
+
+def explorer_input(wc):
+    v = [PERSIST["variant"]]
+    inputs = {
+        **evidence_by_layer(wc),
+        "assignments": pair_files("assign", "assignment", wc.width, v, PAIRS),
+        "metrics": pair_files("pair_metrics", "metrics", wc.width, v, PAIRS),
+        "chains": path_of("persistence", "chains", width=wc.width),
+    }
+    if SEMANTIC:  # every variant's scores (the page's per-pair chart)
+        inputs["semantic"] = pair_files("semantic_pair", "scores", wc.width, VARIANTS, PAIRS)
+    if JUDGE["enabled"]:
+        inputs["judge_table"] = path_of("judge", "table", width=wc.width)
+    return inputs
+
+
+def explore_targets():
+    targets = [path_of("explorer", "explorer", width=w) for w in WIDTHS]
+    if SEMANTIC:
+        targets += list(rules.semantic_table.output)
+    if JUDGE["enabled"]:
+        targets += [f.format(width=w) for w in WIDTHS for f in rules.judge.output]
+    return targets
+
+
 def all_targets():
     targets = [rules.metrics_table.output.table]
     for w in WIDTHS:
@@ -183,7 +254,7 @@ def all_targets():
             targets.extend(f.format(width=w) for f in rules.lm_figures.output)
     if SOURCE == "trained":
         targets.extend(rules.quality_figure.output)
-    return targets
+    return targets + explore_targets()
 
 
 # Resources grow with the width and with the attempt, so a job that was killed for memory is

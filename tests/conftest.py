@@ -84,3 +84,28 @@ def assignment_perms(workdir: Path) -> dict[str, np.ndarray]:
 @pytest.fixture
 def test_config() -> dict:
     return yaml.safe_load((REPO / "tests/config/test.yaml").read_text())
+
+
+def tiny_model_folder(folder: Path, d_model: int, vocab: int = 300, seed: int = 0,
+                      model_type: str = "gemma3_text") -> Path:
+    """An HF-style model folder with just what the logit lens reads: config.json, an input
+    embedding (tied unembedding) and final norm as safetensors, and a word-level tokenizer.json
+    whose token i is the text ``w{i}``."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    save_file({"model.embed_tokens.weight": torch.randn(vocab, d_model, generator=g),
+               "model.norm.weight": 0.1 * torch.randn(d_model, generator=g)},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type,
+                                                    "hidden_size": d_model,
+                                                    "vocab_size": vocab}))
+    Tokenizer(WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0")).save(
+        str(folder / "tokenizer.json"))
+    return folder

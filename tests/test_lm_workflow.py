@@ -83,3 +83,52 @@ def test_training_is_reproducible_with_a_fixed_seed(lm_run):
         for k, v in before.items():
             np.testing.assert_array_equal(f[k], v)
 
+
+def test_evidence_and_semantic_agreement_on_real_text(lm_run):
+    """Evidence comes from the held-out text and the model's unembedding; folded matches agree
+    on top-context tokens and co-activation far above random pairs, identity pairs do not."""
+    from saematch.explore.evidence import read_evidence
+
+    workdir, _ = lm_run
+    ev = read_evidence(workdir / "results/explore/evidence/width_256/layer_7.h5")
+    assert ev.has_contexts and ev.has_logit_lens and sorted(ev.datasets) == ["code", "prose"]
+    assert 0 < ev.n_tokens and ((ev.freq >= 0) & (ev.freq <= 1)).all()
+    firing = ev.ctx_acts[:, :, ev.ctx_offset]
+    assert (firing[ev.ctx_dataset >= 0] > 0).all() and (np.diff(firing, axis=1) <= 1e-6).all()
+    assert all(int(t) in ev.vocab for t in ev.logit_top.ravel())
+    t = pd.read_csv(workdir / "results/explore/semantic/summary.tsv", sep="\t")
+    assert set(t.score) == {"context_tokens", "logit_tokens", "activation_corr"}
+    assert set(t.variant) == {"folded", "unfolded", "cosine", "identity"}
+    for score in ("context_tokens", "activation_corr"):
+        s = t[t.score == score].set_index(["variant", "layer_a"])
+        folded, ident = s.loc["folded"], s.loc["identity"]
+        assert (folded["mean"] > 2 * folded.null_mean).all(), s
+        assert (folded["mean"] > ident["mean"]).all(), s
+        assert (folded.frac_above_null95 > 0.15).all() and (ident.frac_above_null95 < 0.1).all()
+
+
+def test_explorer_shows_contexts_in_chromium(lm_run):
+    """The real-model explorer: a feature's card shows its held-out contexts with the firing
+    token marked, and the token search finds the feature by its firing token."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from saematch.explore.browser import chromium, console_errors, open_explorer, search_feature
+    from saematch.explore.evidence import read_evidence
+
+    workdir, _ = lm_run
+    ev = read_evidence(workdir / "results/explore/evidence/width_256/layer_7.h5")
+    i = int(np.argmax(ev.freq))
+    token = ev.vocab[int(ev.firing_tokens()[i, 0])].strip()
+    with chromium() as driver:
+        open_explorer(driver, workdir / "results/explorer/width_256")
+        search_feature(driver, 7, i)
+        contexts = driver.find_elements(By.CSS_SELECTOR, "#card .ctx")
+        assert len(contexts) == int((ev.ctx_dataset[i] >= 0).sum())
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#card .ctx span.fire")) == len(contexts)
+        if token:
+            driver.find_element(By.ID, "token-input").send_keys(token)
+            driver.find_element(By.ID, "token-go").click()
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(
+                By.CSS_SELECTOR, f'#token-results a[data-layer="7"][data-index="{i}"]'))
+        assert console_errors(driver) == []

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, dry_run_jobs, random_sae, reversed_keys, snakemake
+from conftest import REPO, dry_run_jobs, random_sae, reversed_keys, snakemake, tiny_model_folder
 from conftest import assignment_perms as perms
 
 from saematch.sae import SAE, save_sae
@@ -29,12 +29,19 @@ def outputs(workdir: Path) -> dict[str, float]:
             for p in (workdir / "results").rglob("*") if p.is_file()}
 
 
+NEURONPEDIA_TEMPLATE = "test-model/{layer}-planted-{width}"
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
+    """The test config, plus a tiny model folder for the logit lens (so the semantic table and
+    token search run on planted SAEs) and a Neuronpedia template (so cards link out)."""
     import yaml
 
     config = yaml.safe_load((REPO / "tests/config/test.yaml").read_text())
     workdir = tmp_path_factory.mktemp("full")
+    model = tiny_model_folder(workdir / "model", config["source"]["synthetic"]["d_model"])
+    config["explore"] = {"model": str(model), "neuronpedia": {"template": NEURONPEDIA_TEMPLATE}}
     proc = snakemake(workdir, config=config)
     return workdir, config, proc
 
@@ -61,6 +68,111 @@ def test_full_run_recovers_planted_permutation(full_run):
         assert h5.attrs["folded"] and h5.attrs["metric"] == "sqeuclidean"
     # no temporary files left behind
     assert not [p for p in (workdir / "results").rglob(".*tmp*")]
+
+
+def test_full_run_explains_matches(full_run):
+    """Evidence per layer, the semantic table (logit-lens agreement against random pairs) and
+    one explorer per width. Planted partners share their decoder direction, so folded matches
+    agree on logit-lens tokens far above the null; identity pairs do not."""
+    workdir, config, _ = full_run
+    from saematch.explore.evidence import read_evidence
+
+    ev = read_evidence(workdir / "results/explore/evidence/width_128/layer_1.h5")
+    assert ev.has_logit_lens and not ev.has_contexts  # no text for a synthetic source
+    assert ev.neuronpedia_url(5) == "https://www.neuronpedia.org/test-model/1-planted-128/5"
+    table = pd.read_csv(workdir / "results/explore/semantic/summary.tsv", sep="\t")
+    assert set(table.score) == {"logit_tokens"} and len(table) == 4 * 3  # variants x pairs
+    folded = table[table.variant == "folded"]
+    ident = table[table.variant == "identity"]
+    assert (folded["mean"] > 3 * folded.null_mean).all() and (folded.frac_above_null95 > 0.5).all()
+    assert (ident.frac_above_null95 < 0.2).all()
+    png = workdir / "results/figures/semantic_agreement.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = workdir / "results/explorer/width_128"
+    html = (page / "index.html").read_text()
+    assert '<script src="data/meta.js">' in html  # data by script tag: no fetch() from file://
+    assert "fetch(" not in (page / "explorer.js").read_text()
+    assert (page / "plotly.min.js").stat().st_size > 1_000_000
+    snakemake(workdir, "--report", str(workdir / "report.html"), config=config)
+    assert 'href=\\"results/explorer/width_128/index.html\\"' in \
+        (workdir / "report.html").read_text()  # the report links the explorer
+
+
+def test_explorer_in_headless_chromium(full_run):
+    """As a person uses it, in a real headless Chromium from file://: no console error, the flow
+    view draws, searching a feature opens its card with its true partners and Neuronpedia link,
+    the token search finds it, and a partner link opens the partner's card."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from saematch.explore.browser import chromium, console_errors, open_explorer, search_feature
+    from saematch.explore.evidence import read_evidence
+
+    workdir, _, _ = full_run
+    with h5py.File(workdir / "results/assign/folded/width_128/1-2.h5") as h5:
+        perm_12 = h5["perm"][()]
+    with h5py.File(workdir / "results/assign/folded/width_128/0-1.h5") as h5:
+        prev_of_5 = int(np.flatnonzero(h5["perm"][()] == 5)[0])
+    with h5py.File(workdir / "results/metrics/folded/width_128/1-2.h5") as h5:
+        matched_5 = bool(h5["matched"][5])
+    ev = read_evidence(workdir / "results/explore/evidence/width_128/layer_1.h5")
+    token = ev.vocab[int(ev.logit_top[5, 0])]
+    with chromium() as driver:
+        open_explorer(driver, workdir / "results/explorer/width_128")
+        count = "return document.querySelectorAll(arguments[0]).length"
+        assert driver.execute_script(count, "#flow .sankey-node") >= 8
+        assert driver.execute_script(count, "#flow .sankey-link") >= 6
+        search_feature(driver, 1, 5)
+        card = driver.find_element(By.ID, "card")
+        nxt = card.find_element(By.CSS_SELECTOR, "a.partner-next")
+        assert (nxt.get_attribute("data-layer"), nxt.get_attribute("data-index")) == \
+            ("2", str(perm_12[5]))
+        prev = card.find_element(By.CSS_SELECTOR, "a.partner-prev")
+        assert prev.get_attribute("data-index") == str(prev_of_5)
+        decision = card.find_element(By.CSS_SELECTOR, "tr.next td.ok, tr.next td.no").text
+        assert decision == ("matched" if matched_5 else "not matched")
+        link = card.find_element(By.CSS_SELECTOR, "a.neuronpedia").get_attribute("href")
+        assert link == "https://www.neuronpedia.org/test-model/1-planted-128/5"
+        assert "L1 #5" in driver.find_element(By.ID, "flow-title").text
+        driver.save_screenshot(str(workdir / "explorer.png"))
+        driver.find_element(By.ID, "token-input").send_keys(token)
+        driver.find_element(By.ID, "token-go").click()
+        hit = WebDriverWait(driver, 30).until(lambda d: d.find_elements(
+            By.CSS_SELECTOR, '#token-results a[data-layer="1"][data-index="5"]'))
+        hit[0].click()  # the search result opens the card (again)
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "card").get_attribute(
+            "data-index") == "5")
+        driver.find_element(By.CSS_SELECTOR, "#card a.partner-next").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "card").get_attribute(
+            "data-index") == str(perm_12[5]))
+        assert console_errors(driver) == []
+    shot = workdir / "explorer.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"explorer screenshot: {shot}")
+
+
+def test_judge_rule_with_a_loopback_endpoint(full_run, tmp_path):
+    """`explore.judge.enabled`: the judge rule asks a chat-completions server (here one on
+    loopback) about explanation pairs along the longest chains; the key stays in the env."""
+    from test_explore import ChatServer
+
+    workdir, config, _ = full_run
+    config = copy.deepcopy(config)
+    target = "results/explore/judge/width_128/table.tsv"
+    with ChatServer(lambda prompt: "SAME") as srv:
+        config["explore"]["judge"] = {"enabled": True, "endpoint": srv.url, "model": "m",
+                                      "paths": 5, "api_key_env": "JUDGE_TEST_KEY"}
+        snakemake(workdir, target, config=config, env={"JUDGE_TEST_KEY": "sk-do-not-log"})
+    table = pd.read_csv(workdir / target, sep="\t")
+    assert list(table.layer_a) == [0, 1, 2] and table.same.sum() == len(srv.requests) > 0
+    assert all(r["auth"] == "Bearer sk-do-not-log" for r in srv.requests)
+    leaked = [p for p in workdir.rglob("*") if p.is_file() and p.suffix in {".tsv", ".log"}
+              and b"sk-do-not-log" in p.read_bytes()]
+    assert not leaked
+    down = copy.deepcopy(config)
+    down["explore"]["judge"].update(endpoint="http://127.0.0.1:9/v1", retries=1, backoff=0.01)
+    proc = snakemake(workdir, target, "--forcerun", "judge", config=down, check=False)
+    assert proc.returncode != 0 and "is down or unreachable: 2 tries failed" in proc.stderr
 
 
 def test_warm_rerun_does_nothing(full_run):
@@ -95,20 +207,28 @@ def test_certified_solver_gives_the_dense_answer(full_run, tmp_path):
             assert h5.attrs["gap"] <= 1e-6 * abs(h5.attrs["objective"])
 
 
-@pytest.mark.parametrize("change, new_markers", [
-    (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",)),
-    (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4")),  # 2-4: direct, distance 2
-    (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",)),
+@pytest.mark.parametrize("change, new_markers, new_explore_jobs", [
+    (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",),
+     {"feature_evidence": 4, "semantic_pair": 12, "explorer": 1}),
+    (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4"),  # 2-4: direct, distance 2
+     {"feature_evidence": 1, "semantic_pair": 4, "explorer": 1}),
+    (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",),
+     {"semantic_pair": 3, "explorer": 1}),
 ])
-def test_config_growth_runs_only_new_jobs(full_run, change, new_markers):
+def test_config_growth_runs_only_new_jobs(full_run, change, new_markers, new_explore_jobs):
+    """Evidence is keyed by width x layer and semantic scores by width x variant x pair, so a
+    new width, layer or variant adds exactly its own explore jobs (plus the aggregates)."""
     workdir, config, _ = full_run
     grown = copy.deepcopy(config)
     change(grown)
     jobs = dry_run_jobs(workdir, grown)
-    aggregates = {"metrics_table", "persistence", "figures", "all"}
+    aggregates = {"metrics_table", "persistence", "figures", "semantic_table", "explorer", "all"}
     new = [(r, o) for r, o in jobs if r not in aggregates]
     assert new, "growing the config must add jobs"
     assert all(any(m in o for m in new_markers) for _, o in new), new
+    explore_rules = ("feature_evidence", "semantic_pair", "explorer")
+    counts = {r: n for r in explore_rules if (n := sum(rule == r for rule, _ in jobs))}
+    assert counts == new_explore_jobs, counts  # one explorer: the grown width's
     if new_markers == ("width_64",):  # old width's aggregates stay untouched
         assert not [o for r, o in jobs if r in aggregates and "width_128" in o]
 
@@ -121,7 +241,7 @@ def test_reordered_config_keys_rerun_nothing(full_run):
     grown = reversed_keys(config)
     grown["widths"] = {"64": {"folder": "planted"}, **grown["widths"]}
     jobs = dry_run_jobs(workdir, grown, sort_keys=False)
-    assert jobs and all("width_64" in out or rule in {"metrics_table", "all"}
+    assert jobs and all("width_64" in out or rule in {"metrics_table", "semantic_table", "all"}
                         for rule, out in jobs), jobs
 
 

@@ -12,17 +12,18 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..errors import SAEMatchError
-from .model import decoder_layers
+
+if TYPE_CHECKING:  # torch is imported where it is used: readers of the file need none of it
+    import torch
+    from torch import nn
 
 
 class _Enough(Exception):
@@ -42,6 +43,8 @@ def capture_layers(model: nn.Module, layers: Sequence[int],
     With ``stop_after`` the pass ends right after the deepest layer; run the model through
     :func:`run_captured` so that early stop is not mistaken for an error.
     """
+    from .model import decoder_layers
+
     blocks = decoder_layers(model)
     bad = [L for L in layers if not 0 <= L < len(blocks)]
     if bad:
@@ -66,6 +69,8 @@ def capture_layers(model: nn.Module, layers: Sequence[int],
 
 def run_captured(model: nn.Module, input_ids: torch.Tensor) -> None:
     """Forward ``input_ids`` (no KV cache), swallowing the early stop of :func:`capture_layers`."""
+    import torch
+
     with contextlib.suppress(_Enough), torch.inference_mode():
         model(input_ids=input_ids, use_cache=False)
 
@@ -79,6 +84,8 @@ def collect_activations(model: nn.Module, tokens: np.ndarray, layers: Sequence[i
     ``keep`` [n_seq, seq_len] (bool) records which positions were stored. Memory is bounded by
     one batch of hidden states; the file is written atomically.
     """
+    import torch
+
     keep = tokens != bos_token_id
     n_tok = int(keep.sum())
     d = model.config.hidden_size
