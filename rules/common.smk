@@ -36,6 +36,10 @@ PERSIST = config["persistence"]
 COMPUTE = config["compute"]
 LM = config.get("lm", {})
 LM_DATASETS = list(LM.get("datasets", {}))
+SUBSTITUTION = LM.get("substitution", {})
+BOOTSTRAP = LM.get("bootstrap", {})
+# Hidden-state substitution replaces the output of the layer right after another.
+ADJACENT_PAIRS = [(a, b) for a, b in PAIRS if b == a + 1]
 if SOURCE == "trained" and not LM:
     raise ValueError("config: source.kind 'trained' needs an 'lm' section (model, datasets)")
 
@@ -146,7 +150,7 @@ def truth_input(wc):
 
 def direct_pairs():
     """Non-adjacent (a, b) pairs matched directly, to compare with composed permutations."""
-    return [(LAYERS[i], LAYERS[i + d]) for d in range(2, PERSIST["max_distance"] + 1)
+    return [(LAYERS[i], LAYERS[i + d]) for d in range(2, PERSIST["direct_max_distance"] + 1)
             for i in range(len(LAYERS) - d)]
 
 
