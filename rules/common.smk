@@ -185,6 +185,7 @@ def all_targets():
         targets.extend(f.format(width=w) for f in rules.figures.output)
         if SOURCE == "trained":
             targets.extend(f.format(width=w) for f in rules.lm_figures.output)
+            targets.append(path_of("lm_digest", "digest", width=w))
     if SOURCE == "trained":
         targets.extend(rules.quality_figure.output)
     return targets

@@ -204,3 +204,20 @@ rule matching_score_table:
         "../envs/core.yaml"
     script:
         "../scripts/lm_matching_score_table.py"
+
+
+rule lm_digest:
+    """Markdown digest of one width's evaluation (tables with intervals, verdict counts)."""
+    input:
+        substitution=path_of("substitution_table", "table", width="{width}"),
+        comparisons=path_of("substitution_table", "comparisons", width="{width}"),
+        matching_score=path_of("matching_score_table", "table", width="{width}"),
+    output:
+        digest=report("results/lm/digest_width_{width}.md", caption="../report/digest.rst",
+                      category="Real model", subcategory="width {width}"),
+    log:
+        "logs/lm/digest/width_{width}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/lm_digest.py"

@@ -54,6 +54,8 @@ def test_substitution_numbers_are_finite_and_complete(lm_run):
     assert np.isfinite(score[["score", "score_lo", "score_hi", "null"]].to_numpy()).all()
     folded = score[score.variant == "folded"]
     assert (folded.vs_null == "better").all(), folded
+    digest = (workdir / "results/lm/digest_width_256.md").read_text()
+    assert "| 6→7 |" in digest and "| folded vs identity | ev | prose |" in digest
 
 
 def test_folded_matching_beats_identity_on_explained_variance(lm_run):
