@@ -36,6 +36,10 @@ PERSIST = config["persistence"]
 COMPUTE = config["compute"]
 LM = config.get("lm", {})
 LM_DATASETS = list(LM.get("datasets", {}))
+SUBSTITUTION = LM.get("substitution", {})
+BOOTSTRAP = LM.get("bootstrap", {})
+# Hidden-state substitution replaces the output of the layer right after another.
+ADJACENT_PAIRS = [(a, b) for a, b in PAIRS if b == a + 1]
 if SOURCE == "trained" and not LM:
     raise ValueError("config: source.kind 'trained' needs an 'lm' section (model, datasets)")
 
@@ -146,7 +150,7 @@ def truth_input(wc):
 
 def direct_pairs():
     """Non-adjacent (a, b) pairs matched directly, to compare with composed permutations."""
-    return [(LAYERS[i], LAYERS[i + d]) for d in range(2, PERSIST["max_distance"] + 1)
+    return [(LAYERS[i], LAYERS[i + d]) for d in range(2, PERSIST["direct_max_distance"] + 1)
             for i in range(len(LAYERS) - d)]
 
 
@@ -252,6 +256,7 @@ def all_targets():
         targets.extend(f.format(width=w) for f in rules.figures.output)
         if SOURCE == "trained":
             targets.extend(f.format(width=w) for f in rules.lm_figures.output)
+            targets.append(path_of("lm_digest", "digest", width=w))
     if SOURCE == "trained":
         targets.extend(rules.quality_figure.output)
     return targets + explore_targets()

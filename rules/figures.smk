@@ -31,8 +31,8 @@ rule figures:
 
 rule lm_figures:
     input:
-        substitution=path_of("substitution", "table", width="{width}"),
-        matching_score=path_of("matching_score", "table", width="{width}"),
+        substitution=path_of("substitution_table", "table", width="{width}"),
+        matching_score=path_of("matching_score_table", "table", width="{width}"),
     output:
         substitution=report("results/figures/width_{width}/substitution.png",
                             caption="../report/substitution.rst", category="Real model",

@@ -97,44 +97,127 @@ rule sae_quality:
         "../scripts/lm_sae_quality.py"
 
 
-rule substitution:
+rule clean_loss:
+    """The unmodified model's loss on the held-out sequences that delta loss is measured on."""
     input:
-        unpack(sources_by_layer),
         model=rules.export_model.output.model,
-        corpora=[path_of("lm_corpus", "eval", dataset=d) for d in LM_DATASETS],
-        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS, PAIRS),
+        corpus=lambda wc: path_of("lm_corpus", "eval", dataset=wc.dataset),
     output:
-        table=report("results/lm/substitution/width_{width}.tsv",
-                     caption="../report/substitution_table.rst", category="Real model",
-                     subcategory="width {width}"),
+        clean="results/lm/clean_loss/{dataset}.h5",
     params:
         model=canonical(LM.get("model")),
-        batch_size=LM.get("substitution_batch_size"),
-        loss_stride=LM.get("loss_stride"),
+        n_sequences=SUBSTITUTION.get("delta_loss_sequences"),
+        loss_stride=SUBSTITUTION.get("loss_stride"),
+        batch_size=SUBSTITUTION.get("batch_size"),
     resources:
         gpu=1,
     log:
-        "logs/lm/substitution/width_{width}.log",
+        "logs/lm/clean_loss/{dataset}.log",
+    conda:
+        "../envs/lm.yaml"
+    script:
+        "../scripts/lm_clean_loss.py"
+
+
+rule substitution:
+    """Hidden-state substitution of one adjacent pair and width: EV of every substitute, delta
+    loss of the chosen ones, bootstrap replicates over held-out sequences."""
+    input:
+        model=rules.export_model.output.model,
+        corpora=[path_of("lm_corpus", "eval", dataset=d) for d in LM_DATASETS],
+        activations=activations("eval"),
+        clean=[path_of("clean_loss", "clean", dataset=d) for d in LM_DATASETS],
+        sae_a=lambda wc: sae_source(wc.a, wc.width),
+        sae_b=lambda wc: sae_source(wc.b, wc.width),
+        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS,
+                                          [(wc.a, wc.b)]),
+    output:
+        pair="results/lm/substitution/width_{width}/{a}-{b}.h5",
+    params:
+        model=canonical(LM.get("model")),
+        delta_loss_substitutes=SUBSTITUTION.get("delta_loss_substitutes"),
+        batch_size=SUBSTITUTION.get("batch_size"),
+        n_boot=BOOTSTRAP.get("samples"),
+        seed=BOOTSTRAP.get("seed"),
+    resources:
+        gpu=1,
+    log:
+        "logs/lm/substitution/width_{width}/{a}-{b}.log",
     conda:
         "../envs/lm.yaml"
     script:
         "../scripts/lm_substitution.py"
 
 
-rule matching_score:
+rule substitution_table:
     input:
-        unpack(sources_by_layer),
-        activations=activations("eval"),
-        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS, PAIRS),
+        pairs=lambda wc: [path_of("substitution", "pair", width=wc.width, a=a, b=b)
+                          for a, b in ADJACENT_PAIRS],
     output:
-        table=report("results/lm/matching_score/width_{width}.tsv",
-                     caption="../report/matching_score_table.rst", category="Real model",
+        table=report("results/lm/substitution/width_{width}.tsv",
+                     caption="../report/substitution_table.rst", category="Real model",
                      subcategory="width {width}"),
+        comparisons=report("results/lm/substitution/width_{width}_comparisons.tsv",
+                           caption="../report/substitution_comparisons.rst",
+                           category="Real model", subcategory="width {width}"),
+    log:
+        "logs/lm/substitution_table/width_{width}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/lm_substitution_table.py"
+
+
+rule matching_score:
+    """Matching Score of every variant of one pair and width on the held-out tokens."""
+    input:
+        activations=activations("eval"),
+        sae_a=lambda wc: sae_source(wc.a, wc.width),
+        sae_b=lambda wc: sae_source(wc.b, wc.width),
+        assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS,
+                                          [(wc.a, wc.b)]),
+    output:
+        pair="results/lm/matching_score/width_{width}/{a}-{b}.h5",
     params:
         n_null=LM.get("matching_score_null"),
+        n_boot=BOOTSTRAP.get("samples"),
+        seed=BOOTSTRAP.get("seed"),
     log:
-        "logs/lm/matching_score/width_{width}.log",
+        "logs/lm/matching_score/width_{width}/{a}-{b}.log",
     conda:
         "../envs/core.yaml"
     script:
         "../scripts/lm_matching_score.py"
+
+
+rule matching_score_table:
+    input:
+        pairs=lambda wc: [path_of("matching_score", "pair", width=wc.width, a=a, b=b)
+                          for a, b in PAIRS],
+    output:
+        table=report("results/lm/matching_score/width_{width}.tsv",
+                     caption="../report/matching_score_table.rst", category="Real model",
+                     subcategory="width {width}"),
+    log:
+        "logs/lm/matching_score_table/width_{width}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/lm_matching_score_table.py"
+
+
+rule lm_digest:
+    """Markdown digest of one width's evaluation (tables with intervals, verdict counts)."""
+    input:
+        substitution=path_of("substitution_table", "table", width="{width}"),
+        comparisons=path_of("substitution_table", "comparisons", width="{width}"),
+        matching_score=path_of("matching_score_table", "table", width="{width}"),
+    output:
+        digest=report("results/lm/digest_width_{width}.md", caption="../report/digest.rst",
+                      category="Real model", subcategory="width {width}"),
+    log:
+        "logs/lm/digest/width_{width}.log",
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/lm_digest.py"

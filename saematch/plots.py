@@ -112,7 +112,8 @@ def thresholds(layers: list[int], thetas: list[np.ndarray], width: str,
 
 
 def substitution(table: pd.DataFrame, width: str, path: str | os.PathLike) -> None:
-    """Explained variance and Delta L of each substitute per layer pair, one row per dataset."""
+    """Explained variance and Delta L of each substitute per layer pair, one row per dataset;
+    bands are 95% bootstrap intervals over held-out sequences."""
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 4.2 * len(datasets)), squeeze=False)
     for row, dataset in zip(axes, datasets):
@@ -121,8 +122,12 @@ def substitution(table: pd.DataFrame, width: str, path: str | os.PathLike) -> No
             g = g.sort_values("layer_a")
             style = "-" if str(name).startswith("transfer_") else "--"
             label = str(name).removeprefix("transfer_")
-            row[0].plot(g["layer_a"], g["ev"], style, marker="o", ms=4, label=label)
-            row[1].plot(g["layer_a"], g["delta_loss"], style, marker="o", ms=4, label=label)
+            for ax, what in zip(row, ("ev", "delta_loss")):
+                if what not in g or g[what].isna().all():
+                    continue
+                line, = ax.plot(g["layer_a"], g[what], style, marker="o", ms=4, label=label)
+                ax.fill_between(g["layer_a"], g[f"{what}_lo"], g[f"{what}_hi"],
+                                color=line.get_color(), alpha=0.15)
         row[0].set_ylabel("explained variance of layer t+1")
         row[0].set_ylim(max(-1.0, row[0].get_ylim()[0]), 1.02)
         row[1].set_ylabel("\u0394L (nats / token)")
@@ -131,17 +136,21 @@ def substitution(table: pd.DataFrame, width: str, path: str | os.PathLike) -> No
             ax.set_xlabel("layer t (substitute for t+1)")
             ax.set_title(f"{what}, {dataset} (width {width}); solid: matched, dashed: baselines")
             ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
 def matching_score(table: pd.DataFrame, width: str, path: str | os.PathLike) -> None:
-    """Matching Score per layer pair and variant, with the random-permutation null."""
+    """Matching Score per layer pair and variant with the random-permutation null; bands are
+    95% bootstrap intervals over held-out sequences."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, g in table.groupby("variant", sort=False):
-        ax.plot(g["layer_a"], g["score"], marker="o", label=variant)
-    null = table.groupby("layer_a")["null"].mean()
-    ax.plot(null.index, null.values, "k--", lw=1, label="random permutation")
+        line, = ax.plot(g["layer_a"], g["score"], marker="o", label=variant)
+        ax.fill_between(g["layer_a"], g["score_lo"], g["score_hi"], color=line.get_color(),
+                        alpha=0.15)
+    null = table.groupby("layer_a")[["null", "null_lo", "null_hi"]].first()
+    ax.plot(null.index, null["null"], "k--", lw=1, label="random permutation")
+    ax.fill_between(null.index, null["null_lo"], null["null_hi"], color="k", alpha=0.1)
     ax.set_xlabel("layer t (pair t\u2192t+1)")
     ax.set_ylabel("P(matched t+1 feature fires | t feature fires)")
     ax.set_ylim(0, 1.02)

@@ -8,7 +8,7 @@ its inputs, and a file that is missing or given twice is an error, not a silent 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import h5py
 
@@ -26,6 +26,18 @@ class PairKey(NamedTuple):
 
     def attrs(self) -> dict:
         return self._asdict()
+
+
+class LayerPair(NamedTuple):
+    """One layer pair of one width, for results that cover every variant of it."""
+
+    width: str
+    layer_a: int
+    layer_b: int
+
+    @classmethod
+    def from_wildcards(cls, wildcards: Any) -> LayerPair:
+        return cls(wildcards.width, int(wildcards.a), int(wildcards.b))
 
 
 def read_pair_key(path: PathLike) -> PairKey:

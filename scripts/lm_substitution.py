@@ -1,8 +1,11 @@
 """Rule substitution: see saematch.lm.steps.substitution_step."""
 from saematch.lm.steps import substitution_step
-from saematch.workflow import layer_inputs, run
+from saematch.results import LayerPair
+from saematch.workflow import run
 
 run(snakemake, lambda s: substitution_step(  # noqa: F821
-    s.input.model, s.params.model, s.input.corpora, layer_inputs(s.input), s.input.assignments,
-    s.wildcards.width, s.params.batch_size, s.params.loss_stride,
-    s.output.table))
+    s.input.model, s.params.model, s.input.corpora, s.input.activations, s.input.clean,
+    s.input.sae_a, s.input.sae_b, s.input.assignments,
+    LayerPair.from_wildcards(s.wildcards),
+    s.params.delta_loss_substitutes, s.params.batch_size, s.params.n_boot, s.params.seed,
+    s.output.pair))

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from saematch import bootstrap
 from saematch.errors import SAEMatchError
 from saematch.lm.activations import collect_activations, read_activations
 from saematch.lm.matching_score import matching_score
 from saematch.lm.model import ModelSpec, decoder_layers, export_model, load_model
-from saematch.lm.substitution import evaluate_substitutions, layer_skip, true_state
+from saematch.lm.substitution import Tail, clean_loss, delta_loss, loss_mask
 from saematch.lm.text import TextSource, build_corpus, read_corpus, split_files, write_corpus
 from saematch.lm.train import TrainConfig, quality_flag, train_sae
 from saematch.sae import SAE, fold
@@ -119,39 +120,86 @@ def test_quality_flag_names_each_problem():
 
 @pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
 def test_substitution_true_state_is_exact(arch):
+    """Replaying the later blocks on the true state reproduces the model: delta loss 0, and the
+    clean loss is the model's own loss without predictions made at BOS."""
     model = tiny_model(arch)
     tokens = tiny_tokens()
-    pairs = {0: {"true": true_state, "skip": layer_skip}, 2: {"true": true_state}}
-    res = evaluate_substitutions(model, tokens, pairs, bos_token_id=BOS, batch_size=2,
-                                 head_chunk=7, progress=False)
-    # The clean loss is the model's own loss without predictions made at BOS.
+    tail = Tail(model, BOS, head_chunk=7)
+    mask = loss_mask(tokens, BOS)
+    clean = clean_loss(tail, tokens, mask, batch_size=2, progress=False)
     ids = torch.from_numpy(tokens)
     labels = ids.clone()
     labels[:, 1] = -100
     with torch.no_grad():
-        hf_loss = float(model(input_ids=ids, labels=labels).loss)
-    for t in (0, 2):
-        r = res[t]["true"]
-        assert r["ce_clean"] == pytest.approx(hf_loss, abs=1e-5)
-        assert r["delta_loss"] == pytest.approx(0.0, abs=1e-5)
-        assert r["ev"] == pytest.approx(1.0, abs=1e-6)
-        assert r["n_tokens"] == tokens.size - len(tokens)
-        assert r["n_loss_tokens"] == (tokens.shape[1] - 2) * len(tokens)
-    strided = evaluate_substitutions(model, tokens, {1: {"true": true_state}}, bos_token_id=BOS,
-                                     loss_stride=3, progress=False)[1]["true"]
-    assert strided["delta_loss"] == 0.0 and strided["n_loss_tokens"] == 4 * len(tokens)
-    skip = res[0]["skip"]
-    assert skip["ev"] < 1.0 and abs(skip["delta_loss"]) > 1e-3 and skip["delta_loss_se"] > 0
+        out = model(input_ids=ids, labels=labels, output_hidden_states=True)
+    assert clean.sum() / mask.sum() == pytest.approx(float(out.loss), abs=1e-5)
+    keep = tokens != BOS
+    states = {L: out.hidden_states[L + 1][torch.from_numpy(keep)].numpy() for L in range(4)}
+    for layer in (0, 2):
+        np.testing.assert_allclose(tail.bos_states[layer].numpy(),
+                                   out.hidden_states[layer + 1][0, 0].numpy(), atol=1e-5)
+        dl = delta_loss(tail, tokens, mask, clean, layer,
+                        {"true": states[layer], "skip": states[layer - 1] if layer else
+                         states[layer] * 0.5}, batch_size=2, progress=False)
+        assert np.abs(dl["true"]).max() < 1e-5
+        assert np.abs(dl["skip"]).sum() > 1e-3
+    strided = loss_mask(tokens, BOS, stride=3)
+    assert strided.sum() == 4 * len(tokens) and not strided[:, 0].any()
 
 
-def test_substitution_rejects_bad_pairs_and_shapes():
+def test_substitution_rejects_bad_layers_and_shapes():
     model = tiny_model("gemma3")
+    tokens = tiny_tokens()
+    tail = Tail(model, BOS)
+    mask = loss_mask(tokens, BOS)
+    clean = np.zeros(tokens.shape)
+    good = np.zeros((int((tokens != BOS).sum()), 32), dtype=np.float32)
     with pytest.raises(SAEMatchError, match="out of range"):
-        evaluate_substitutions(model, tiny_tokens(), {3: {"t": true_state}}, bos_token_id=BOS,
-                               progress=False)
+        delta_loss(tail, tokens, mask, clean, 4, {"t": good}, progress=False)
     with pytest.raises(SAEMatchError, match="shape"):
-        evaluate_substitutions(model, tiny_tokens(), {0: {"bad": lambda a, b: a[:1]}},
-                               bos_token_id=BOS, progress=False)
+        delta_loss(tail, tokens, mask, clean, 1, {"bad": good[:3]}, progress=False)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_interval_covers_the_truth():
+    """95% intervals of a ratio of sums over iid sequences cover the true ratio about 95% of
+    the time, and paired differences are judged only outside their interval."""
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(200):
+        count = rng.integers(20, 60, 40).astype(float)
+        num = rng.normal(0.3 * count, 2.0)
+        w = bootstrap.resample_weights(40, 500, seed=trial)
+        lo, hi = bootstrap.interval(bootstrap.ratio(num, count, w))
+        covered += lo <= 0.3 <= hi
+    assert 0.88 <= covered / 200 <= 0.99
+    w = bootstrap.resample_weights(30, 400)
+    base = rng.normal(1.0, 1.0, 30)
+    ones = np.ones(30)
+    a, b = bootstrap.ratio(base + 0.5, ones, w), bootstrap.ratio(base, ones, w)
+    assert bootstrap.verdict(a - b, higher_is_better=True) == "better"
+    assert bootstrap.verdict(a - b, higher_is_better=False) == "worse"
+    noisy = bootstrap.ratio(base + rng.normal(0, 1.0, 30) * 0.01, ones, w)
+    assert bootstrap.verdict(noisy - b, higher_is_better=True) == "tie"
+
+
+def test_bootstrap_explained_variance_matches_the_direct_formula():
+    from saematch.lm.substitution import sequence_moments, squared_errors
+    from saematch.lm.train import explained_variance
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 1.5, (500, 8)).astype(np.float32)
+    x_hat = x + rng.normal(0, 0.7, x.shape).astype(np.float32)
+    seq = np.sort(rng.integers(0, 25, 500))
+    mom = sequence_moments(x, seq, 25)
+    sse = squared_errors(x_hat, x, seq, 25)
+    assert bootstrap.explained_variance(sse, **mom) == pytest.approx(
+        explained_variance(x_hat, x), abs=1e-9)
+    reps = bootstrap.explained_variance(sse, **mom, weights=bootstrap.resample_weights(25, 300))
+    lo, hi = bootstrap.interval(reps)
+    assert lo < explained_variance(x_hat, x) < hi and hi - lo < 0.2
 
 
 def test_activations_are_block_outputs(tmp_path: Path):

@@ -37,11 +37,25 @@ def test_substitution_numbers_are_finite_and_complete(lm_run):
         "transfer_folded", "transfer_unfolded", "transfer_cosine", "transfer_identity",
         "sae_next_reconstruction", "sae_prev_reconstruction", "layer_skip"}
     assert len(table) == 2 * 2 * 7  # datasets x pairs x substitutes
-    assert np.isfinite(table[["ev", "delta_loss", "ce", "ce_clean"]].to_numpy()).all()
+    assert np.isfinite(table[["ev", "ev_lo", "ev_hi"]].to_numpy()).all()
+    assert (table.ev_lo <= table.ev).all() and (table.ev <= table.ev_hi).all()
+    measured = table.dropna(subset=["delta_loss"])
+    assert set(measured.substitute) == {"transfer_folded", "transfer_identity",
+                                        "sae_next_reconstruction", "layer_skip"}
+    assert np.isfinite(measured[["delta_loss", "delta_loss_lo", "delta_loss_hi",
+                                 "ce_clean"]].to_numpy()).all()
+    assert (measured.n_loss_sequences == 4).all()
+    comparisons = pd.read_csv(workdir / "results/lm/substitution/width_256_comparisons.tsv",
+                              sep="\t")
+    assert set(comparisons.verdict) <= {"better", "worse", "tie"}
     quality = pd.read_csv(workdir / "results/lm/sae_quality.tsv", sep="\t")
     assert (quality.fvu < 0.5).all() and (quality.l0 >= 1).all()
     score = pd.read_csv(workdir / "results/lm/matching_score/width_256.tsv", sep="\t")
-    assert np.isfinite(score[["score", "null"]].to_numpy()).all()
+    assert np.isfinite(score[["score", "score_lo", "score_hi", "null"]].to_numpy()).all()
+    folded = score[score.variant == "folded"]
+    assert (folded.vs_null == "better").all(), folded
+    digest = (workdir / "results/lm/digest_width_256.md").read_text()
+    assert "| 6→7 |" in digest and "| folded vs identity | ev | prose |" in digest
 
 
 def test_folded_matching_beats_identity_on_explained_variance(lm_run):
@@ -67,6 +81,21 @@ def test_reordered_config_keys_rerun_nothing(lm_run):
     they must not look changed (that used to rerun everything from the model export on)."""
     workdir, config = lm_run
     assert dry_run_jobs(workdir, reversed_keys(config), sort_keys=False) == []
+
+
+def test_adding_a_layer_runs_only_that_layers_work(lm_run):
+    """Activations hold every layer of the model and every per-layer or per-pair job is keyed
+    by its layers, so a new layer adds its own SAE, matches and evaluations, and reruns only
+    the cheap aggregates: no activation pass, no other layer's training."""
+    workdir, config = lm_run
+    grown = {**config, "layers": [*config["layers"], 9]}
+    jobs = dry_run_jobs(workdir, grown)
+    aggregates = {"all", "metrics_table", "persistence", "figures", "lm_figures", "sae_quality",
+                  "quality_figure", "substitution_table", "matching_score_table"}
+    new = [(rule, out) for rule, out in jobs if rule not in aggregates]
+    assert {rule for rule, _ in new} >= {"train_sae", "fold", "assign", "substitution",
+                                         "matching_score"}
+    assert all("layer_9" in out or "-9.h5" in out for _, out in new), new
 
 
 def test_training_is_reproducible_with_a_fixed_seed(lm_run):

@@ -13,8 +13,17 @@ import numpy as np
 
 from ..assign import read_assignment
 from ..atomic import PathLike, write_json, write_tsv
-from ..results import index_pairs, pick, variants_of
+from ..errors import SAEMatchError
+from ..results import LayerPair, index_pairs
 from ..sae import load_sae, save_sae
+from .heldout import (
+    read_clean_loss,
+    read_heldout,
+    read_pair_groups,
+    read_states,
+    write_clean_loss,
+    write_pair_groups,
+)
 
 log = logging.getLogger("saematch")
 
@@ -65,7 +74,8 @@ def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, layers:
     lm, _ = load_model(_model_spec(model, model_dir))
     c = read_corpus(corpus)
     collect_activations(lm, c.tokens, list(layers), out, bos_token_id=c.meta["bos_token_id"],
-                        batch_size=batch_size, attrs={"corpus": str(corpus)})
+                        batch_size=batch_size,
+                        attrs={"corpus": str(corpus), "dataset": c.meta["dataset"]})
 
 
 def _stack(paths: Sequence[PathLike], layer: int) -> np.ndarray:
@@ -95,63 +105,174 @@ def train_step(train: Sequence[PathLike], evals: Sequence[PathLike], layer: int,
     write_json(out_card, card)
 
 
-def _perms(assignments: Sequence[PathLike], width: str,
-           pairs: Sequence[tuple[int, int]]) -> dict[str, list[np.ndarray]]:
-    """Each variant's permutations for ``pairs``, found by what the files record."""
-    index = index_pairs(assignments)
-    return {v: [read_assignment(p).perm for p in pick(index, width, v, pairs)]
-            for v in variants_of(index)}
+def _perms(assignments: Sequence[PathLike], pair: LayerPair) -> dict[str, np.ndarray]:
+    """Every variant's permutation of ``pair``, found by what the files record."""
+    return {k.variant: read_assignment(p).perm for k, p in index_pairs(assignments).items()
+            if LayerPair(k.width, k.layer_a, k.layer_b) == pair}
 
 
-def substitution_step(model_dir: PathLike, model: dict, corpora: Sequence[PathLike],
-                      saes: dict[int, PathLike], assignments: Sequence[PathLike], width: str,
-                      batch_size: int, loss_stride: int, out: PathLike) -> None:
-    """EV and Delta L of every variant's substitute and every baseline, per pair and dataset.
-
-    ``saes`` maps layer -> SAE file; ``corpora`` are held-out corpus files (each records its
-    dataset)."""
+def clean_loss_step(model_dir: PathLike, model: dict, corpus: PathLike, n_sequences: int,
+                    loss_stride: int, batch_size: int, out: PathLike) -> None:
+    """The unmodified model's next-token loss on the first ``n_sequences`` held-out sequences
+    of one dataset, at the positions every delta-loss job of the run counts."""
     from .model import load_model
-    from .substitution import evaluate_substitutions, standard_makers
+    from .substitution import Tail, clean_loss, loss_mask
     from .text import read_corpus
 
     lm, _ = load_model(_model_spec(model, model_dir))
-    layers = list(saes)
-    models = [load_sae(saes[layer]) for layer in layers]
-    perms = _perms(assignments, width, list(zip(layers[:-1], layers[1:])))
-    pairs = {layers[i]: standard_makers(models[i], models[i + 1],
-                                        {v: ps[i] for v, ps in perms.items()})
-             for i in range(len(layers) - 1) if layers[i + 1] == layers[i] + 1}
+    c = read_corpus(corpus)
+    tokens = c.tokens[:n_sequences]
+    bos = c.meta["bos_token_id"]
+    mask = loss_mask(tokens, bos, loss_stride)
+    ce = clean_loss(Tail(lm, bos), tokens, mask, batch_size)
+    write_clean_loss(out, ce, mask, {"dataset": c.meta["dataset"], "loss_stride": loss_stride})
+
+
+def substitution_step(model_dir: PathLike, model: dict, corpora: Sequence[PathLike],
+                      activations: Sequence[PathLike], clean: Sequence[PathLike],
+                      sae_a: PathLike, sae_b: PathLike, assignments: Sequence[PathLike],
+                      pair: LayerPair, delta_loss_substitutes: Sequence[str], batch_size: int,
+                      n_boot: int, seed: int, out: PathLike) -> None:
+    """EV of every substitute and delta loss of ``delta_loss_substitutes`` for one adjacent
+    pair and width, per held-out dataset, with bootstrap replicates over sequences.
+
+    EV uses every held-out sequence (no model needed); delta loss the sequences of the clean
+    loss files (the model reruns the layers after ``pair.layer_b`` for each substitute).
+    """
+    from ..bootstrap import explained_variance, ratio, resample_weights
+    from .model import load_model
+    from .substitution import Tail, delta_loss, sequence_moments, squared_errors, standard_makers
+
+    makers = standard_makers(load_sae(sae_a), load_sae(sae_b), _perms(assignments, pair))
+    unknown = sorted(set(delta_loss_substitutes) - set(makers))
+    if unknown:
+        raise SAEMatchError(f"lm.delta_loss_substitutes names {unknown}; substitutes are "
+                            f"{sorted(makers)}")
+    lm = None
+    groups = {}
+    for dataset, held in read_heldout(corpora, activations).items():
+        x_a, x_b = held.states(pair.layer_a), held.states(pair.layer_b)
+        subs = {name: make(x_a, x_b) for name, make in makers.items()}
+        mom = sequence_moments(x_b, held.seq, held.n_seq)
+        w = resample_weights(held.n_seq, n_boot, seed)
+        sse = {name: squared_errors(sub, x_b, held.seq, held.n_seq) for name, sub in subs.items()}
+        group = {"substitutes": list(subs),
+                 "ev": [explained_variance(sse[k], **mom) for k in subs],
+                 "ev_boot": [explained_variance(sse[k], **mom, weights=w) for k in subs],
+                 "attrs": {"n_sequences": held.n_seq, "n_tokens": len(x_b)}}
+        if delta_loss_substitutes:
+            ce, mask = read_clean_loss(clean, dataset)
+            k_seq = len(ce)
+            n_tok = int(held.keep[:k_seq].sum())
+            if lm is None:
+                lm = Tail(load_model(_model_spec(model, model_dir))[0], held.bos_token_id)
+            dl = delta_loss(lm, held.tokens[:k_seq], mask, ce, pair.layer_b,
+                            {k: subs[k][:n_tok] for k in delta_loss_substitutes},
+                            batch_size=batch_size)
+            count = mask.sum(1).astype(np.float64)
+            wk = resample_weights(k_seq, n_boot, seed)
+            group.update(dl_substitutes=list(dl),
+                         delta_loss=[ratio(dl[k], count) for k in dl],
+                         delta_loss_boot=[ratio(dl[k], count, wk) for k in dl])
+            group["attrs"].update(n_loss_sequences=k_seq, n_loss_tokens=int(count.sum()),
+                                  ce_clean=float(ce.sum() / count.sum()))
+        groups[dataset] = group
+    write_pair_groups(out, pair, groups)
+
+
+def matching_score_step(activations: Sequence[PathLike], sae_a: PathLike, sae_b: PathLike,
+                        assignments: Sequence[PathLike], pair: LayerPair, n_null: int,
+                        n_boot: int, seed: int, out: PathLike) -> None:
+    """Matching Score of every variant of one pair on all held-out tokens, with its null and
+    bootstrap replicates over sequences (see :mod:`saematch.lm.matching_score`)."""
+    from ..bootstrap import resample_weights
+    from .matching_score import matching_scores
+
+    x_a, x_b, seq = [], [], []
+    n_seq = 0
+    for path in activations:  # sequences of all datasets, numbered one after the other
+        held = read_states(path)
+        x_a.append(held.states(pair.layer_a))
+        x_b.append(held.states(pair.layer_b))
+        seq.append(held.seq + n_seq)
+        n_seq += held.n_seq
+    seq_all = np.concatenate(seq)
+    scores = matching_scores(load_sae(sae_a), load_sae(sae_b), np.concatenate(x_a),
+                             np.concatenate(x_b), _perms(assignments, pair), n_null=n_null,
+                             seq=seq_all, weights=resample_weights(n_seq, n_boot, seed))
+    first = next(iter(scores.values()))
+    write_pair_groups(out, pair, {"all": {
+        "variants": list(scores), "score": [m.score for m in scores.values()],
+        "score_boot": [m.replicates for m in scores.values()], "null": [first.null],
+        "null_boot": [first.null_replicates],
+        "attrs": {"n_supported": first.n_supported, "n_sequences": n_seq, "n_null": n_null}}})
+
+
+def substitution_table_step(pairs: Sequence[PathLike], table: PathLike,
+                            comparisons: PathLike) -> None:
+    """One row per dataset x pair x substitute (EV, delta loss, 95% bootstrap intervals), and
+    every matched transfer compared with every other substitute on the same resamples."""
+    from ..bootstrap import interval, verdict
+
+    rows, comp = [], []
+    for path in pairs:
+        key, groups = read_pair_groups(path)
+        for dataset, g in groups.items():
+            ev = dict(zip(g["substitutes"], zip(g["ev"], g["ev_boot"], strict=True),
+                          strict=True))
+            dl = dict(zip(g.get("dl_substitutes", []),
+                          zip(g.get("delta_loss", []), g.get("delta_loss_boot", []),
+                              strict=True), strict=True))
+            a = g["attrs"]
+            for name, (point, boot) in ev.items():
+                row = {"dataset": dataset, "layer_a": key["layer_a"], "layer_b": key["layer_b"],
+                       "substitute": name, "ev": point, **_bounds("ev", boot),
+                       "n_sequences": a["n_sequences"], "n_tokens": a["n_tokens"]}
+                if name in dl:
+                    row.update(delta_loss=dl[name][0], **_bounds("delta_loss", dl[name][1]),
+                               ce_clean=a["ce_clean"], n_loss_sequences=a["n_loss_sequences"],
+                               n_loss_tokens=a["n_loss_tokens"])
+                rows.append(row)
+            for metric, values, higher in (("ev", ev, True), ("delta_loss", dl, False)):
+                for name in (n for n in values if n.startswith("transfer_")):
+                    for other in (o for o in values if o != name):
+                        diff = values[name][1] - values[other][1]
+                        lo, hi = interval(diff)
+                        comp.append({"dataset": dataset, "layer_a": key["layer_a"],
+                                     "layer_b": key["layer_b"], "metric": metric,
+                                     "substitute": name, "versus": other,
+                                     "difference": values[name][0] - values[other][0],
+                                     "difference_lo": lo, "difference_hi": hi,
+                                     "verdict": verdict(diff, higher)})
+    write_tsv(table, rows)
+    write_tsv(comparisons, comp)
+
+
+def matching_score_table_step(pairs: Sequence[PathLike], table: PathLike) -> None:
+    """One row per pair x variant: score, null, their 95% intervals, and whether the score is
+    above the null outside its uncertainty (paired resamples)."""
+    from ..bootstrap import verdict
+
     rows = []
-    for path in corpora:
-        c = read_corpus(path)
-        res = evaluate_substitutions(lm, c.tokens, pairs, bos_token_id=c.meta["bos_token_id"],
-                                     batch_size=batch_size, loss_stride=loss_stride)
-        for t, by_name in res.items():
-            for name, r in by_name.items():
-                rows.append({"dataset": c.meta["dataset"], "layer_a": t, "layer_b": t + 1,
-                             "substitute": name, **r})
-    write_tsv(out, rows)
+    for path in pairs:
+        key, groups = read_pair_groups(path)
+        g = groups["all"]
+        null, null_boot = g["null"][0], g["null_boot"][0]
+        for name, point, boot in zip(g["variants"], g["score"], g["score_boot"], strict=True):
+            rows.append({"layer_a": key["layer_a"], "layer_b": key["layer_b"], "variant": name,
+                         "score": point, **_bounds("score", boot), "null": null,
+                         **_bounds("null", null_boot),
+                         "vs_null": verdict(boot - null_boot, higher_is_better=True),
+                         "n_supported": g["attrs"]["n_supported"],
+                         "n_sequences": g["attrs"]["n_sequences"]})
+    write_tsv(table, rows)
 
 
-def matching_score_step(activations: Sequence[PathLike], saes: dict[int, PathLike],
-                        assignments: Sequence[PathLike], width: str, n_null: int,
-                        out: PathLike) -> None:
-    """Matching Score per pair and variant on held-out activations (see matching_score);
-    ``saes`` maps layer -> SAE file."""
-    from .matching_score import matching_score
+def _bounds(name: str, replicates: np.ndarray) -> dict[str, float]:
+    from ..bootstrap import interval
 
-    layers = list(saes)
-    models = [load_sae(saes[layer]) for layer in layers]
-    perms = _perms(assignments, width, list(zip(layers[:-1], layers[1:])))
-    rows = []
-    x_t1 = _stack(activations, layers[0])
-    for i in range(len(layers) - 1):
-        x_t, x_t1 = x_t1, _stack(activations, layers[i + 1])  # each layer read once
-        for v, ps in perms.items():
-            ms = matching_score(models[i], models[i + 1], x_t, x_t1, ps[i], n_null=n_null)
-            rows.append({"layer_a": layers[i], "layer_b": layers[i + 1], "variant": v,
-                         "score": ms.score, "null": ms.null, "n_supported": ms.n_supported})
-    write_tsv(out, rows)
+    lo, hi = interval(np.asarray(replicates))
+    return {f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def quality_step(cards: Sequence[PathLike], widths: dict[str, int], out: PathLike) -> None:

@@ -1,30 +1,35 @@
-"""Hidden-state substitution (PAPER.md eq. 5): replace layer t+1's output and measure the damage.
+"""Hidden-state substitution (PAPER.md eq. 5): replace layer b's output and measure the damage.
 
-For an adjacent pair (t, t+1) a *substitute maker* turns the true residuals after layers t and
-t+1 (raw, [m, d_model], non-BOS positions only) into a stand-in for the layer t+1 state, e.g.
-``SAE_{t+1}.decode(permute_codes(SAE_t.encode(x_t), P))``. Every maker runs through the same code
-path, which reports
+For an adjacent pair (a, b = a + 1) a *substitute maker* turns the true residuals after layers
+a and b (raw, [m, d_model], non-BOS positions only) into a stand-in for the layer-b state, e.g.
+``SAE_b.decode(permute_codes(SAE_a.encode(x_a), P))``. Every maker runs through the same code,
+which reports per held-out sequence
 
-- explained variance ``EV = 1 - sum||x_hat - x||^2 / sum||x - mean(x)||^2`` against the true
-  layer t+1 state, sums over all evaluated tokens and all dims, ``mean(x)`` the per-dim mean over
-  those tokens (so the denominator is the total variance, trace of the covariance, times m);
-- ``delta_loss = CE(substituted) - CE(clean)``, mean next-token cross-entropy in nats per
-  token over positions that are not BOS and have a next token (the prediction made at a BOS
-  position cannot change, since BOS is not substituted and attention is causal), with its
-  standard error over sequences (the same tokens are used for every maker, so differences
-  between makers are paired).
+- the squared error against the true layer-b state and the moments of that state, from which
+  the explained variance ``EV = 1 - sum||x_hat - x||^2 / sum||x - mean(x)||^2`` (sums over
+  tokens and dims, ``mean(x)`` the per-dimension mean) follows; this needs no model, the states
+  come from the stored activations;
+- for the makers chosen for it, the summed change of next-token cross-entropy (nats) over the
+  sequence's loss positions when the substitute replaces layer b's output at every non-BOS
+  position: ``delta_loss = CE(substituted) - CE(clean)`` per token is the ratio of these sums
+  to the loss-token counts. Loss positions are those that are not BOS and have a next token
+  (a prediction made at BOS cannot change: BOS keeps its true state and attention is causal),
+  thinned to every ``loss_stride``-th position.
 
-BOS positions keep their true state (SAEs are neither trained nor evaluated on BOS).
+Per-sequence sums are what :mod:`saematch.bootstrap` resamples.
 
-Cost: one clean pass per batch records every layer's output and the keyword arguments each
-decoder layer was called with (masks, rotary embeddings). A substitute is then pushed through
-layers t+2..end only, replaying those recorded arguments, plus the final norm and LM head, which
-is computed in row chunks so the [tokens, vocab] logits never exist for a whole batch.
+Cost of delta_loss: only blocks b+1..end and the LM head run per substitute. The state after
+block b is assembled from the substitute (non-BOS positions) and the BOS state, which is the
+same for every sequence (position 0 attends only to itself); the arguments each block is called
+with (attention masks, rotary embeddings, positions) are recorded in a pass in which every block
+is the identity, which costs the embedding lookup only. The clean loss is computed once per
+dataset (:func:`clean_loss`). The LM head runs at loss positions only, in row chunks, so the
+[tokens, vocab] logits never exist for a whole batch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,206 +43,230 @@ from ..sae import SAE, fold
 from .activations import block_output
 from .model import decoder_layers, logits_from_last_hidden
 
-# (x_t, x_t1) -> substitute for x_t1; raw float32 arrays [m, d_model].
+# (x_a, x_b) -> substitute for x_b; raw float32 arrays [m, d_model].
 SubstituteMaker = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def transfer(sae_t: SAE, sae_t1: SAE, perm: np.ndarray, *, folded: bool = True) -> SubstituteMaker:
-    """Eq. 5: encode with SAE_t, carry codes to layer t+1's order, decode with SAE_{t+1}.
+def transfer(sae_a: SAE, sae_b: SAE, perm: np.ndarray, *, folded: bool = True) -> SubstituteMaker:
+    """Eq. 5: encode with SAE_a, carry codes to layer b's order, decode with SAE_b.
 
     ``folded`` uses the folded SAEs (every feature fires at 1, decoder rows carry the scale), so
-    a code keeps its value relative to its threshold and is rescaled to the matched layer-(t+1)
+    a code keeps its value relative to its threshold and is rescaled to the matched layer-b
     feature's threshold; unfolded codes keep their raw magnitude. Both are the same SAEs; only
     the transfer differs.
     """
-    a, b = (fold(sae_t), fold(sae_t1)) if folded else (sae_t, sae_t1)
-    return lambda x_t, _x_t1: b.decode(permute_codes(a.encode(x_t), perm))
+    a, b = (fold(sae_a), fold(sae_b)) if folded else (sae_a, sae_b)
+    return lambda x_a, _x_b: b.decode(permute_codes(a.encode(x_a), perm))
 
 
-def reconstruction_next(sae_t1: SAE) -> SubstituteMaker:
-    """Baseline: SAE_{t+1}'s own reconstruction of the true layer t+1 state."""
-    return lambda _x_t, x_t1: sae_t1.reconstruct(x_t1)
+def reconstruction_next(sae_b: SAE) -> SubstituteMaker:
+    """Baseline: SAE_b's own reconstruction of the true layer-b state."""
+    return lambda _x_a, x_b: sae_b.reconstruct(x_b)
 
 
-def reconstruction_prev(sae_t: SAE) -> SubstituteMaker:
-    """Baseline: SAE_t's reconstruction of layer t's state, used as is."""
-    return lambda x_t, _x_t1: sae_t.reconstruct(x_t)
+def reconstruction_prev(sae_a: SAE) -> SubstituteMaker:
+    """Baseline: SAE_a's reconstruction of layer a's state, used as is."""
+    return lambda x_a, _x_b: sae_a.reconstruct(x_a)
 
 
-def layer_skip(x_t: np.ndarray, _x_t1: np.ndarray) -> np.ndarray:
-    """Baseline: layer t's state itself (layer t+1 skipped)."""
-    return x_t
+def layer_skip(x_a: np.ndarray, _x_b: np.ndarray) -> np.ndarray:
+    """Baseline: layer a's state itself (layer b skipped)."""
+    return x_a
 
 
-def true_state(_x_t: np.ndarray, x_t1: np.ndarray) -> np.ndarray:
+def true_state(_x_a: np.ndarray, x_b: np.ndarray) -> np.ndarray:
     """Sanity check: the true state; must give EV = 1 and delta_loss = 0."""
-    return x_t1
+    return x_b
 
 
-@dataclass
-class _Acc:
-    """Running sums for one (pair, maker), float64."""
-
-    sse: float = 0.0
-    ce_sum: float = 0.0
-    seq_delta: list[float] = field(default_factory=list)  # per sequence: sum of CE changes
-
-
-@dataclass
-class _CleanBatch:
-    """What the clean pass of one batch leaves for the substitutes."""
-
-    outputs: list[torch.Tensor]  # per layer, [B, L, d]
-    calls: list[tuple[tuple, dict]]  # per layer, (args after hidden_states, kwargs)
-    ce: torch.Tensor  # [B, L], 0 where not counted
-
-
-def _token_ce(model: nn.Module, h_last: torch.Tensor, targets: torch.Tensor,
-              loss_mask: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Per-position next-token CE [B, L] (0 outside ``loss_mask``), head run in row chunks."""
-    out = torch.zeros(loss_mask.shape, dtype=torch.float64, device=h_last.device)
-    idx = loss_mask.nonzero(as_tuple=True)
-    rows, tgt = h_last[idx], targets[idx]
-    ce = torch.empty(len(rows), dtype=torch.float64, device=h_last.device)
-    for s in range(0, len(rows), chunk):
-        logits = logits_from_last_hidden(model, rows[s:s + chunk]).float()
-        pick = logits.gather(1, tgt[s:s + chunk, None])[:, 0]
-        ce[s:s + chunk] = (torch.logsumexp(logits, 1) - pick).double()
-    out[idx] = ce
-    return out
-
-
-def _clean_pass(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor,
-                targets: torch.Tensor, loss_mask: torch.Tensor, chunk: int) -> _CleanBatch:
-    n = len(layers)
-    outputs: list[Any] = [None] * n
-    calls: list[Any] = [None] * n
-
-    def pre_hook(k: int):
-        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            calls[k] = (args[1:], dict(kwargs))
-        return hook
-
-    def post_hook(k: int):
-        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
-            outputs[k] = block_output(out)
-        return hook
-
-    handles = [layers[k].register_forward_pre_hook(pre_hook(k), with_kwargs=True)
-               for k in range(n)] + [layers[k].register_forward_hook(post_hook(k))
-                                     for k in range(n)]
-    try:
-        base = model.get_decoder()
-        base(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    ce = _token_ce(model, outputs[-1], targets, loss_mask, chunk)
-    return _CleanBatch(outputs, calls, ce)
-
-
-def _tail(layers: nn.ModuleList, clean: _CleanBatch, start: int, h: torch.Tensor) -> torch.Tensor:
-    """Run layers ``start..end`` on ``h`` with the arguments recorded in the clean pass."""
-    for k in range(start, len(layers)):
-        args, kwargs = clean.calls[k]
-        h = block_output(layers[k](h, *args, **kwargs))
-    return h
-
-
-def evaluate_substitutions(model: nn.Module, tokens: np.ndarray,
-                           pairs: Mapping[int, Mapping[str, SubstituteMaker]], *,
-                           bos_token_id: int, batch_size: int = 8, head_chunk: int = 256,
-                           loss_stride: int = 1,
-                           progress: bool = True) -> dict[int, dict[str, dict[str, float]]]:
-    """EV and delta_loss of every maker of every pair ``t -> {name: maker}`` (see module doc).
-
-    ``loss_stride`` k > 1 counts the loss only at positions p with ``p % k == 0`` (still every
-    token is substituted and every layer runs on all positions). The LM head is the dominant cost
-    for a small model with a large vocabulary (Gemma 3 270M: 262k x 640), and neighbouring
-    positions' losses are strongly correlated, so k = 2 roughly halves the cost of a substitute
-    for little loss of precision. EV always uses every non-BOS position.
-
-    Returns ``{t: {name: {"ev", "delta_loss", "delta_loss_se", "ce", "ce_clean", "n_tokens",
-    "n_loss_tokens"}}}``. ``tokens`` [n_seq, seq_len] int; batches of ``batch_size`` sequences
-    bound the memory (all layers' states of one batch are held).
-    """
-    layers = decoder_layers(model)
-    bad = [t for t in pairs if not 0 <= t < len(layers) - 1]
-    if bad:
-        raise SAEMatchError(f"pairs {bad} out of range for {len(layers)} layers (t, t+1 needed)")
-    device = next(model.parameters()).device
-    keep = tokens != bos_token_id
-    loss_np = np.zeros_like(keep)
-    loss_np[:, :-1] = keep[:, :-1]
-    if loss_stride < 1:
-        raise SAEMatchError(f"loss_stride must be >= 1, got {loss_stride}")
-    loss_np[:, np.arange(tokens.shape[1]) % loss_stride != 0] = False
-    d = model.config.hidden_size
-    acc = {t: {name: _Acc() for name in makers} for t, makers in pairs.items()}
-    mom = {t: [np.zeros(d), 0.0, 0] for t in pairs}  # per pair: sum x, sum ||x||^2, count
-    ce_clean_sum = 0.0
-    n_subs = sum(len(makers) for makers in pairs.values())
-    bar = tqdm(total=-(-len(tokens) // batch_size) * n_subs, desc="substitution",
-               unit="substitute", disable=not progress)
-    for s in range(0, len(tokens), batch_size):
-        ids = torch.from_numpy(tokens[s:s + batch_size]).to(device)
-        targets = torch.zeros_like(ids)
-        targets[:, :-1] = ids[:, 1:]
-        kmask = torch.from_numpy(keep[s:s + batch_size]).to(device)
-        lmask = torch.from_numpy(loss_np[s:s + batch_size]).to(device)
-        with torch.inference_mode():
-            clean = _clean_pass(model, layers, ids, targets, lmask, head_chunk)
-            ce_clean_sum += float(clean.ce.sum())
-            for t, makers in pairs.items():
-                x_t = clean.outputs[t][kmask].float().cpu().numpy()
-                x_t1_t = clean.outputs[t + 1][kmask]
-                x_t1 = x_t1_t.float().cpu().numpy()
-                x64 = x_t1.astype(np.float64)
-                mom[t][0] += x64.sum(0)
-                mom[t][1] += float((x64 ** 2).sum())
-                mom[t][2] += len(x64)
-                for name, make in makers.items():
-                    sub = np.asarray(make(x_t, x_t1), dtype=np.float32)
-                    if sub.shape != x_t1.shape:
-                        raise SAEMatchError(f"pair {t}, substitute {name}: shape {sub.shape}, "
-                                            f"expected {x_t1.shape}")
-                    a = acc[t][name]
-                    a.sse += float(((sub.astype(np.float64) - x64) ** 2).sum())
-                    h = clean.outputs[t + 1].clone()
-                    h[kmask] = torch.from_numpy(sub).to(device=device, dtype=h.dtype)
-                    h = _tail(layers, clean, t + 2, h)
-                    ce = _token_ce(model, h, targets, lmask, head_chunk)
-                    a.ce_sum += float(ce.sum())
-                    a.seq_delta += (ce - clean.ce).sum(1).tolist()
-                    bar.update()
-    bar.close()
-    n_loss = int(loss_np.sum())
-    ce_clean = ce_clean_sum / n_loss
-    per_seq_tokens = loss_np.sum(1)
-    out: dict[int, dict[str, dict[str, float]]] = {}
-    for t, by_name in acc.items():
-        sx, sxx, m = mom[t]
-        total_var = sxx - float((sx ** 2).sum()) / m
-        out[t] = {}
-        for name, a in by_name.items():
-            # Ratio estimator: per-sequence delta sums over per-sequence token counts.
-            delta = np.asarray(a.seq_delta)
-            mean = float(delta.sum() / per_seq_tokens.sum())
-            resid = delta - mean * per_seq_tokens
-            se = float(np.sqrt((resid ** 2).sum() * len(delta) / max(1, len(delta) - 1))
-                       / per_seq_tokens.sum())
-            out[t][name] = {"ev": 1.0 - a.sse / total_var, "delta_loss": mean,
-                            "delta_loss_se": se, "ce": a.ce_sum / n_loss, "ce_clean": ce_clean,
-                            "n_tokens": int(m), "n_loss_tokens": n_loss}
-    return out
-
-
-def standard_makers(sae_t: SAE, sae_t1: SAE,
+def standard_makers(sae_a: SAE, sae_b: SAE,
                     perms: Mapping[str, np.ndarray]) -> dict[str, SubstituteMaker]:
     """The paper's substitutes for one pair: one folded transfer per permutation + baselines."""
     makers: dict[str, SubstituteMaker] = {
-        f"transfer_{name}": transfer(sae_t, sae_t1, p) for name, p in perms.items()}
-    makers.update({"sae_next_reconstruction": reconstruction_next(sae_t1),
-                   "sae_prev_reconstruction": reconstruction_prev(sae_t),
+        f"transfer_{name}": transfer(sae_a, sae_b, p) for name, p in perms.items()}
+    makers.update({"sae_next_reconstruction": reconstruction_next(sae_b),
+                   "sae_prev_reconstruction": reconstruction_prev(sae_a),
                    "layer_skip": layer_skip})
     return makers
+
+
+def loss_mask(tokens: np.ndarray, bos_token_id: int, stride: int = 1) -> np.ndarray:
+    """Positions whose next-token loss counts: not BOS, with a next token, ``p % stride == 0``.
+
+    The LM head is the dominant cost for a small model with a large vocabulary (Gemma 3 270M:
+    262k x 640) and neighbouring positions' losses are strongly correlated, so a stride of a few
+    costs little precision (the bootstrap interval says how much).
+    """
+    if stride < 1:
+        raise SAEMatchError(f"loss_stride must be >= 1, got {stride}")
+    mask = np.zeros(tokens.shape, dtype=bool)
+    mask[:, :-1] = tokens[:, :-1] != bos_token_id
+    mask[:, np.arange(tokens.shape[1]) % stride != 0] = False
+    return mask
+
+
+def sequence_moments(x_b: np.ndarray, seq: np.ndarray, n_seq: int) -> dict[str, np.ndarray]:
+    """Per-sequence token count, sum and sum of squared norms of the true state (for SST)."""
+    x64 = x_b.astype(np.float64)
+    x_sum = np.zeros((n_seq, x_b.shape[1]))
+    np.add.at(x_sum, seq, x64)
+    return {"count": np.bincount(seq, minlength=n_seq).astype(np.float64), "x_sum": x_sum,
+            "x_sq": np.bincount(seq, weights=(x64 ** 2).sum(1), minlength=n_seq)}
+
+
+def squared_errors(sub: np.ndarray, x_b: np.ndarray, seq: np.ndarray, n_seq: int) -> np.ndarray:
+    """Per-sequence sum of ``||sub - x_b||^2`` over tokens and dims (float64)."""
+    err = ((sub.astype(np.float64) - x_b.astype(np.float64)) ** 2).sum(1)
+    return np.bincount(seq, weights=err, minlength=n_seq)
+
+
+class Tail:
+    """The blocks after a given layer, the final norm and the LM head of a causal LM, replayed
+    on hidden states that stand in for a block's output (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, bos_token_id: int, head_chunk: int = 256):
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.device = next(model.parameters()).device
+        self.head_chunk = head_chunk
+        self.bos_token_id = bos_token_id
+        self.bos_states, self._returns_tuple = self._probe()
+
+    def _probe(self) -> tuple[list[torch.Tensor], bool]:
+        """Every block's output at a lone BOS (the BOS state of every sequence) and whether
+        blocks return a tuple or a bare tensor (it differs between transformers versions)."""
+        outs: list[Any] = [None] * len(self.layers)
+
+        def hook(k: int):
+            def fn(_m: nn.Module, _a: Any, out: Any) -> None:
+                outs[k] = out
+            return fn
+
+        handles = [layer.register_forward_hook(hook(k)) for k, layer in enumerate(self.layers)]
+        try:
+            ids = torch.tensor([[self.bos_token_id]], device=self.device)
+            with torch.inference_mode():
+                self.model.get_decoder()(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return [block_output(o)[0, 0] for o in outs], isinstance(outs[0], tuple)
+
+    @contextlib.contextmanager
+    def _identity_blocks(self) -> Iterator[list[Any]]:
+        """Within the block every decoder block returns its input, and the arguments it is
+        called with (after the hidden state) are recorded per block."""
+        calls: list[Any] = [None] * len(self.layers)
+
+        def pre_hook(k: int):
+            def fn(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+                calls[k] = (args[1:], dict(kwargs))
+            return fn
+
+        def identity(hidden_states: torch.Tensor, *_a: Any, **_k: Any) -> Any:
+            return (hidden_states,) if self._returns_tuple else hidden_states
+
+        handles = [layer.register_forward_pre_hook(pre_hook(k), with_kwargs=True)
+                   for k, layer in enumerate(self.layers)]
+        for layer in self.layers:
+            layer.forward = identity
+        try:
+            yield calls
+        finally:
+            for layer in self.layers:
+                del layer.forward  # back to the class's forward
+            for h in handles:
+                h.remove()
+
+    def _token_ce(self, h_last: torch.Tensor, ids: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+        """Per-position next-token CE [B, L] float64 (0 outside ``mask``), head in row chunks."""
+        targets = torch.zeros_like(ids)
+        targets[:, :-1] = ids[:, 1:]
+        out = torch.zeros(mask.shape, dtype=torch.float64, device=h_last.device)
+        idx = mask.nonzero(as_tuple=True)
+        rows, tgt = h_last[idx], targets[idx]
+        ce = torch.empty(len(rows), dtype=torch.float64, device=h_last.device)
+        for s in range(0, len(rows), self.head_chunk):
+            logits = logits_from_last_hidden(self.model, rows[s:s + self.head_chunk]).float()
+            pick = logits.gather(1, tgt[s:s + self.head_chunk, None])[:, 0]
+            ce[s:s + self.head_chunk] = (torch.logsumexp(logits, 1) - pick).double()
+        out[idx] = ce
+        return out
+
+    def clean_ce(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The unmodified model's per-position CE [B, L] (0 outside ``mask``)."""
+        last: list[torch.Tensor] = []
+        handle = self.layers[-1].register_forward_hook(
+            lambda _m, _a, out: last.append(block_output(out)))
+        t_ids = torch.from_numpy(ids).to(self.device)
+        try:
+            with torch.inference_mode():
+                self.model.get_decoder()(input_ids=t_ids, use_cache=False)
+                ce = self._token_ce(last[0], t_ids, torch.from_numpy(mask).to(self.device))
+        finally:
+            handle.remove()
+        return ce.cpu().numpy()
+
+    def substituted_ce(self, ids: np.ndarray, mask: np.ndarray, layer: int,
+                       states: np.ndarray) -> np.ndarray:
+        """Per-position CE [B, L] when ``states`` [B, L, d] replace block ``layer``'s output."""
+        t_ids = torch.from_numpy(ids).to(self.device)
+        with torch.inference_mode():
+            with self._identity_blocks() as calls:
+                self.model.get_decoder()(input_ids=t_ids, use_cache=False)
+            h = torch.from_numpy(states).to(device=self.device,
+                                            dtype=self.bos_states[layer].dtype)
+            for k in range(layer + 1, len(self.layers)):
+                args, kwargs = calls[k]
+                h = block_output(self.layers[k](h, *args, **kwargs))
+            ce = self._token_ce(h, t_ids, torch.from_numpy(mask).to(self.device))
+        return ce.cpu().numpy()
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < len(self.layers):
+            raise SAEMatchError(f"layer {layer} out of range: the model has {len(self.layers)} "
+                                "decoder layers")
+
+
+def clean_loss(tail: Tail, tokens: np.ndarray, mask: np.ndarray, batch_size: int = 8,
+               progress: bool = True) -> np.ndarray:
+    """The unmodified model's CE at every position of ``mask`` [n_seq, L] (0 elsewhere)."""
+    out = np.zeros(tokens.shape)
+    for s in tqdm(range(0, len(tokens), batch_size), desc="clean loss", unit="batch",
+                  disable=not progress):
+        out[s:s + batch_size] = tail.clean_ce(tokens[s:s + batch_size], mask[s:s + batch_size])
+    return out
+
+
+def delta_loss(tail: Tail, tokens: np.ndarray, mask: np.ndarray, clean: np.ndarray, layer: int,
+               substitutes: Mapping[str, np.ndarray], *, batch_size: int = 8,
+               progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-sequence sum of ``CE(substituted) - CE(clean)`` over ``mask`` for each substitute.
+
+    ``substitutes`` [n_tok, d] hold layer ``layer``'s stand-in at the non-BOS positions of
+    ``tokens`` in sequence-major order (the order of the stored activations); BOS positions keep
+    their true state.
+    """
+    tail.check_layer(layer)
+    keep = tokens != tail.bos_token_id
+    n_keep = int(keep.sum())
+    for name, sub in substitutes.items():
+        if sub.shape != (n_keep, tail.bos_states[layer].shape[0]):
+            raise SAEMatchError(f"substitute {name}: shape {sub.shape}, expected "
+                                f"({n_keep}, {tail.bos_states[layer].shape[0]})")
+    starts = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    bos = tail.bos_states[layer].float().cpu().numpy()
+    out = {name: np.zeros(len(tokens)) for name in substitutes}
+    bar = tqdm(total=len(substitutes) * -(-len(tokens) // batch_size), desc=f"delta loss L{layer}",
+               unit="batch", disable=not progress)
+    for name, sub in substitutes.items():
+        for s in range(0, len(tokens), batch_size):
+            rows = slice(s, min(s + batch_size, len(tokens)))
+            states = np.broadcast_to(bos, keep[rows].shape + bos.shape).copy()
+            states[keep[rows]] = sub[starts[rows.start]:starts[rows.stop]]
+            ce = tail.substituted_ce(tokens[rows], mask[rows], layer, states)
+            out[name][rows] = ((ce - clean[rows]) * mask[rows]).sum(1)
+            bar.update()
+    bar.close()
+    return out
