@@ -97,38 +97,28 @@ class HeldOut:
 
 def load_held_out(activations: Sequence[PathLike], corpora: Sequence[PathLike],
                   layer: int) -> HeldOut:
-    """Read one layer's held-out activations and the token sequences they came from."""
-    from ..lm.activations import read_activations
-    from ..lm.text import read_corpus
+    """One layer's held-out activations and the token sequences they came from, every dataset
+    stacked in the order of ``corpora`` (files paired by the dataset each records)."""
+    from ..lm.heldout import read_heldout
 
-    xs, toks, keeps, seq_ds, datasets = [], [], [], [], []
-    for j, (acts, corpus) in enumerate(zip(activations, corpora, strict=True)):
-        c = read_corpus(corpus)
-        tokens = c.tokens
-        datasets.append(c.meta["dataset"])
-        try:
-            with h5py.File(acts, "r") as h5:
-                keep = h5["keep"][()].astype(bool)
-        except (OSError, KeyError) as exc:
-            raise SAEMatchError(f"{acts}: cannot read the 'keep' mask ({exc})") from exc
-        if keep.shape != tokens.shape:
-            raise SAEMatchError(f"{acts}: keep mask {keep.shape} does not fit the tokens "
-                                f"{tokens.shape} of {corpus}")
-        x = read_activations(acts, layer)
-        if len(x) != keep.sum():
-            raise SAEMatchError(f"{acts}: layer_{layer} has {len(x)} rows, the keep mask "
-                                f"marks {int(keep.sum())} positions")
+    held = read_heldout(corpora, activations)
+    xs, toks, keeps, seq_ds = [], [], [], []
+    for j, h in enumerate(held.values()):
+        x = h.states(layer)
+        if len(x) != h.keep.sum():
+            raise SAEMatchError(f"{h.path}: layer_{layer} has {len(x)} rows, the keep mask "
+                                f"marks {int(h.keep.sum())} positions")
         xs.append(x)
-        toks.append(tokens)
-        keeps.append(keep)
-        seq_ds.append(np.full(len(tokens), j))
+        toks.append(h.tokens)
+        keeps.append(h.keep)
+        seq_ds.append(np.full(len(h.tokens), j))
     if len({t.shape[1] for t in toks}) > 1:
         raise SAEMatchError(f"held-out corpora {list(corpora)} have different sequence lengths")
     keep = np.concatenate(keeps)
     row_of = np.full(keep.shape, -1, dtype=np.int64)
     row_of[keep] = np.arange(int(keep.sum()))
     return HeldOut(np.concatenate(xs), np.concatenate(toks), row_of, np.concatenate(seq_ds),
-                   datasets)
+                   list(held))
 
 
 def activation_stats(sae: SAE, x: np.ndarray, k: int,
