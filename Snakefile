@@ -29,6 +29,7 @@ include: "rules/metrics.smk"
 include: "rules/persistence.smk"
 include: "rules/lm.smk"
 include: "rules/figures.smk"
+include: "rules/crosswidth.smk"
 
 
 report: "report/workflow.rst"

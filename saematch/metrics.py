@@ -39,21 +39,25 @@ def decoder_cosine(a: SAE, b: SAE, perm: np.ndarray) -> np.ndarray:
 
 def null_threshold(A: np.ndarray, B: np.ndarray, *, alpha: float, samples: int,
                    seed: int) -> tuple[float, np.ndarray]:
-    """The ``alpha`` quantile of per-feature MSE under random pairing, and the null MSEs."""
+    """The ``alpha`` quantile of per-feature MSE under random pairing, and the null MSEs.
+
+    Each feature of A gets a uniformly random, distinct feature of B (B may be the wider)."""
     rng = np.random.default_rng(seed)
-    null = np.concatenate([per_feature_mse(A, B, rng.permutation(len(B))) for _ in range(samples)])
+    null = np.concatenate([per_feature_mse(A, B, rng.permutation(len(B))[:len(A)])
+                           for _ in range(samples)])
     return float(np.quantile(null, alpha)), null
 
 
 def pair_metrics(a: SAE, b: SAE, perm: np.ndarray, *, terms=TERMS, alpha: float = 0.01,
-                 null_samples: int = 5, seed: int = 0,
-                 origin: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                 null_samples: int = 5, seed: int = 0, origin: np.ndarray | None = None,
+                 rectangular: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Per-feature arrays (mse, dec_cos, matched) and a summary dict for one matched pair.
 
     ``origin`` (planted families only) gives each layer-B feature's true layer-A parent, from
     which the fraction of persisting features whose planted partner was recovered is reported.
+    ``rectangular``: B is a wider SAE than A (``perm`` maps A's features into B's).
     """
-    check_compatible(a, b)
+    check_compatible(a, b, rectangular=rectangular)
     A = feature_vectors(a, terms, folded=True)
     B = feature_vectors(b, terms, folded=True)
     mse = per_feature_mse(A, B, perm)

@@ -1,0 +1,108 @@
+# Cross-width matching (config cross_width): what a wider SAE did to each feature of a narrower
+# one, at the same layer and from layer t to t+1, in the space of persistence.variant. Per pair:
+# the exact rectangular LAP (narrow -> distinct wide features; the dense or certified solver, as
+# for layer pairs, reusing their rules), the parent map (every wide feature -> its nearest narrow
+# feature, one GEMM pass), then the links file (both maps scored, children lists, null-calibrated
+# decision), one table over all pairs and one figure per width pair.
+
+
+use rule cost_matrix as cross_cost_matrix with:
+    output:
+        cost="results/crosswidth/costs/{variant}/{narrow}-{wide}/{a}-{b}.h5",
+    log:
+        "logs/cross_cost_matrix/{variant}/{narrow}-{wide}/{a}-{b}.log",
+
+
+use rule candidate_graph as cross_candidate_graph with:
+    output:
+        graph="results/crosswidth/candidates/{variant}/{narrow}-{wide}/{a}-{b}.h5",
+    log:
+        "logs/cross_candidate_graph/{variant}/{narrow}-{wide}/{a}-{b}.log",
+
+
+use rule assign as cross_assign with:
+    output:
+        assignment="results/crosswidth/assign/{variant}/{narrow}-{wide}/{a}-{b}.h5",
+    log:
+        "logs/cross_assign/{variant}/{narrow}-{wide}/{a}-{b}.log",
+
+
+rule parent_map:
+    """Every wide feature (layer b) to its nearest narrow feature (layer a): a many-to-one map."""
+    input:
+        sae_a=lambda wc: side_input(wc, "a"),
+        sae_b=lambda wc: side_input(wc, "b"),
+    output:
+        parents="results/crosswidth/parents/{variant}/{narrow}-{wide}/{a}-{b}.h5",
+    params:
+        spec=lambda wc: variant_spec(wc.variant),
+        block=COMPUTE["block"],
+        device=COMPUTE["device"],
+    resources:
+        mem_mb=mem_mb_sae,
+        runtime=runtime_min,
+    conda:
+        "../envs/torch.yaml"
+    log:
+        "logs/parent_map/{variant}/{narrow}-{wide}/{a}-{b}.log",
+    script:
+        "../scripts/parent_map.py"
+
+
+rule cross_links:
+    """Both maps scored in the folded reference space, the parent links that count (top-1 null),
+    each narrow feature's children: the file a feature view reads."""
+    input:
+        unpack(cross_truth_input),
+        assignment=path_of("cross_assign", "assignment", variant="{variant}", narrow="{narrow}",
+                           wide="{wide}", a="{a}", b="{b}"),
+        parents=path_of("parent_map", "parents", variant="{variant}", narrow="{narrow}",
+                        wide="{wide}", a="{a}", b="{b}"),
+        sae_a=lambda wc: side_input(wc, "a"),
+        sae_b=lambda wc: side_input(wc, "b"),
+    output:
+        links="results/crosswidth/links/{variant}/{narrow}-{wide}/{a}-{b}.h5",
+    params:
+        spec=lambda wc: variant_spec(wc.variant),
+        terms=config["metrics"]["terms"],
+        alpha=config["metrics"]["alpha"],
+        null_samples=config["metrics"]["null_samples"],
+        seed=config["metrics"]["seed"],
+        block=COMPUTE["block"],
+        device=COMPUTE["device"],
+    resources:
+        mem_mb=mem_mb_sae,
+    conda:
+        "../envs/torch.yaml"
+    log:
+        "logs/cross_links/{variant}/{narrow}-{wide}/{a}-{b}.log",
+    script:
+        "../scripts/cross_links.py"
+
+
+use rule metrics_table as cross_table with:
+    input:
+        metrics=[f for n, w in CROSS for f in cross_files("cross_links", "links", n, w)],
+    output:
+        table=report("results/crosswidth/summary.tsv", caption="../report/crosswidth_table.rst",
+                     category="Cross-width"),
+    log:
+        "logs/cross_table.log",
+
+
+rule cross_figure:
+    input:
+        links=lambda wc: cross_files("cross_links", "links", wc.narrow, wc.wide),
+    output:
+        figure=report("results/figures/crosswidth/{narrow}-{wide}.png",
+                      caption="../report/crosswidth.rst", category="Cross-width"),
+    conda:
+        "../envs/figures.yaml"
+    log:
+        "logs/cross_figure/{narrow}-{wide}.log",
+    script:
+        "../scripts/cross_figure.py"
+
+
+localrules:
+    cross_figure,
