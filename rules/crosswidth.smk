@@ -1,9 +1,9 @@
 # Cross-width matching (config cross_width): what a wider SAE did to each feature of a narrower
 # one, at the same layer and from layer t to t+1, in the space of persistence.variant. Per pair:
 # the exact rectangular LAP (narrow -> distinct wide features; the dense or certified solver, as
-# for layer pairs, reusing their rules), the parent map (every wide feature -> its nearest narrow
-# feature, one GEMM pass), then the links file (both maps scored, children lists, null-calibrated
-# decision), one table over all pairs and one figure per width pair.
+# for layer pairs, reusing their rules), then the parent map (every wide feature -> its nearest
+# narrow feature, one GEMM pass) with the links file (both maps scored, children lists,
+# null-calibrated decision), one table over all pairs and one figure per width pair.
 
 
 use rule cost_matrix as cross_cost_matrix with:
@@ -27,40 +27,18 @@ use rule assign as cross_assign with:
         "logs/cross_assign/{variant}/{narrow}-{wide}/{a}-{b}.log",
 
 
-rule parent_map:
-    """Every wide feature (layer b) to its nearest narrow feature (layer a): a many-to-one map."""
-    input:
-        sae_a=lambda wc: side_input(wc, "a"),
-        sae_b=lambda wc: side_input(wc, "b"),
-    output:
-        parents="results/crosswidth/parents/{variant}/{narrow}-{wide}/{a}-{b}.h5",
-    params:
-        spec=lambda wc: variant_spec(wc.variant),
-        block=COMPUTE["block"],
-        device=COMPUTE["device"],
-    resources:
-        mem_mb=mem_mb_sae,
-        runtime=runtime_min,
-    conda:
-        "../envs/torch.yaml"
-    log:
-        "logs/parent_map/{variant}/{narrow}-{wide}/{a}-{b}.log",
-    script:
-        "../scripts/parent_map.py"
-
-
 rule cross_links:
-    """Both maps scored in the folded reference space, the parent links that count (top-1 null),
-    each narrow feature's children: the file a feature view reads."""
+    """The parent map (every wide feature of layer b to its nearest narrow feature of layer a,
+    one GEMM pass), both maps scored in the folded reference space, the parent links that count
+    (top-1 null) and each narrow feature's children: the file a feature view reads."""
     input:
         unpack(cross_truth_input),
         assignment=path_of("cross_assign", "assignment", variant="{variant}", narrow="{narrow}",
                            wide="{wide}", a="{a}", b="{b}"),
-        parents=path_of("parent_map", "parents", variant="{variant}", narrow="{narrow}",
-                        wide="{wide}", a="{a}", b="{b}"),
         sae_a=lambda wc: side_input(wc, "a"),
         sae_b=lambda wc: side_input(wc, "b"),
     output:
+        parents="results/crosswidth/parents/{variant}/{narrow}-{wide}/{a}-{b}.h5",
         links="results/crosswidth/links/{variant}/{narrow}-{wide}/{a}-{b}.h5",
     params:
         spec=lambda wc: variant_spec(wc.variant),
@@ -72,6 +50,7 @@ rule cross_links:
         device=COMPUTE["device"],
     resources:
         mem_mb=mem_mb_sae,
+        runtime=runtime_min,
     conda:
         "../envs/torch.yaml"
     log:

@@ -109,20 +109,6 @@ def assign_step(out: PathLike, pair: PairKey | CrossKey, variant: Variant, *,
     write_assignment(out, result, pair.attrs())
 
 
-def parent_step(sae_a: PathLike, sae_b: PathLike, out: PathLike, pair: CrossKey,
-                variant: Variant, block: int, device: str) -> None:
-    """The parent map of a cross-width pair: every wide feature (layer b) to its nearest narrow
-    feature (layer a) in the variant space, by one GEMM pass. Written as a many-to-one
-    assignment indexed by wide feature (attribute ``maps``: ``wide_to_narrow``)."""
-    from .costs import nearest
-
-    narrow, wide = _vectors(sae_a, sae_b, variant, pair)
-    result = top1(*nearest(wide, narrow, block, device), n_b=len(narrow))
-    log.info("%s: parents of %d wide features among %d narrow ones, %d distinct", pair,
-             len(wide), len(narrow), len(np.unique(result.perm)))
-    write_assignment(out, result, {**pair.attrs(), "maps": "wide_to_narrow"})
-
-
 def _true_parents(truth_wide: PathLike, truth_narrow: PathLike | None) -> np.ndarray:
     """Planted truth of a cross-width pair: each wide feature's narrow parent at the same layer,
     carried back one layer through the narrow family's ``origin`` when the pair spans two."""
@@ -135,26 +121,35 @@ def _true_parents(truth_wide: PathLike, truth_narrow: PathLike | None) -> np.nda
     return np.where(parent >= 0, origin[np.maximum(parent, 0)], -1)
 
 
-def cross_links_step(assignment: PathLike, parents: PathLike, sae_a: PathLike, sae_b: PathLike,
-                     out: PathLike, variant: Variant, *, terms: Sequence[str], alpha: float,
-                     null_samples: int, seed: int, block: int = 4096, device: str = "auto",
+def cross_links_step(assignment: PathLike, sae_a: PathLike, sae_b: PathLike,
+                     parents_out: PathLike, links_out: PathLike, variant: Variant, *,
+                     terms: Sequence[str], alpha: float, null_samples: int, seed: int,
+                     block: int = 4096, device: str = "auto",
                      truth_wide: PathLike | None = None,
                      truth_narrow: PathLike | None = None) -> None:
-    """The links file of one cross-width pair (see saematch.crosswidth.cross_links): both maps
-    scored in the folded ``terms`` space, children lists, and the summary as attributes."""
+    """The parent map of a cross-width pair and its links file (see saematch.crosswidth).
+
+    Parent map: every wide feature (layer b) to its nearest narrow feature (layer a) in the
+    variant space, by one GEMM pass; written as a many-to-one assignment indexed by wide feature
+    (attribute ``maps``: ``wide_to_narrow``). Links: both maps (with the narrow -> wide LAP in
+    ``assignment``) scored in the folded ``terms`` space, children lists, summary as attributes.
+    """
+    from .costs import nearest
     from .crosswidth import cross_links
 
     key = read_pair_key(assignment)
-    if read_pair_key(parents) != key:
-        raise SAEMatchError(f"{parents} holds {read_pair_key(parents)}, {assignment} holds {key}")
+    narrow, wide = load_sae(sae_a), load_sae(sae_b)
+    N, W = variant_vectors(narrow, wide, variant, rectangular=True)
+    parents = top1(*nearest(W, N, block, device), n_b=len(N))
+    del N, W
+    write_assignment(parents_out, parents, {**key.attrs(), "maps": "wide_to_narrow"})
     true_parent = _true_parents(truth_wide, truth_narrow) if truth_wide else None
-    arrays, summary = cross_links(load_sae(sae_a), load_sae(sae_b), read_assignment(assignment),
-                                  read_assignment(parents), variant, terms=tuple(terms),
-                                  alpha=alpha, null_samples=null_samples, seed=seed, block=block,
-                                  device=device, true_parent=true_parent)
+    arrays, summary = cross_links(narrow, wide, read_assignment(assignment), parents, variant,
+                                  terms=tuple(terms), alpha=alpha, null_samples=null_samples,
+                                  seed=seed, block=block, device=device, true_parent=true_parent)
     log.info("%s: split factor %.3f, wide features without parent %.3f", key,
              summary["split_factor"], summary["wide_no_parent"])
-    write_pair_metrics(out, arrays, {**key.attrs(), **summary})
+    write_pair_metrics(links_out, arrays, {**key.attrs(), **summary})
 
 
 def metrics_step(assignment: PathLike, folded_a: PathLike, folded_b: PathLike, out: PathLike, *,
