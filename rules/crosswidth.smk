@@ -69,9 +69,33 @@ use rule metrics_table as cross_table with:
         "logs/cross_table.log",
 
 
+rule split_depth:
+    """Whether the wide SAE splits the same narrow features at consecutive layers."""
+    input:
+        links=lambda wc: cross_files("cross_links", "links", wc.narrow, wc.wide),
+        narrow_assignments=lambda wc: pair_files("assign", "assignment", wc.narrow,
+                                                 [PERSIST["variant"]], PAIRS),
+        narrow_metrics=lambda wc: pair_files("pair_metrics", "metrics", wc.narrow,
+                                             [PERSIST["variant"]], PAIRS),
+        wide_assignments=lambda wc: pair_files("assign", "assignment", wc.wide,
+                                               [PERSIST["variant"]], PAIRS),
+    output:
+        table=report("results/crosswidth/depth/{narrow}-{wide}.tsv",
+                     caption="../report/crosswidth_depth.rst", category="Cross-width"),
+    params:
+        variant=PERSIST["variant"],
+    conda:
+        "../envs/core.yaml"
+    log:
+        "logs/split_depth/{narrow}-{wide}.log",
+    script:
+        "../scripts/split_depth.py"
+
+
 rule cross_figure:
     input:
         links=lambda wc: cross_files("cross_links", "links", wc.narrow, wc.wide),
+        depth=path_of("split_depth", "table", narrow="{narrow}", wide="{wide}"),
     output:
         figure=report("results/figures/crosswidth/{narrow}-{wide}.png",
                       caption="../report/crosswidth.rst", category="Cross-width"),

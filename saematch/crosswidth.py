@@ -32,7 +32,6 @@ import math
 import numpy as np
 
 from .assign import Assignment
-from .costs import nearest
 from .features import TERMS, Variant, feature_vectors
 from .metrics import QUANTILES, decoder_cosine, pair_metrics, per_feature_mse
 from .sae import SAE, check_compatible
@@ -64,6 +63,8 @@ def top1_null(pick: SAE, among: SAE, variant: Variant, *, terms=TERMS, alpha: fl
     """The ``alpha`` quantile of the MSE (folded ``terms`` space) of nearest-partner links when
     nothing corresponds: features of ``pick`` choose their nearest feature (in ``variant``'s
     space) of ``among`` rotated at random. Returns the threshold and the null MSEs."""
+    from .costs import nearest  # torch: only the jobs that run a GEMM pass import it
+
     rng = np.random.default_rng(seed)
     rot = rotate(among, rng)
     idx = np.sort(rng.choice(pick.n_features, min(null_rows(alpha), pick.n_features),
@@ -161,3 +162,43 @@ def planted_summary(parent: np.ndarray, has_parent: np.ndarray, true_parent: np.
             else float("nan"),
             **children_shares(true_counts, "planted_"),
             "planted_wide_no_parent": float(1 - linked.mean())}
+
+
+def split_along_depth(links_t: dict[str, np.ndarray], links_next: dict[str, np.ndarray],
+                      narrow_perm: np.ndarray, narrow_matched: np.ndarray,
+                      wide_perm: np.ndarray) -> dict:
+    """Does the wide SAE split the same features, the same way, at layer t and at the next one?
+
+    ``links_t``, ``links_next``: the links arrays (:func:`cross_links`) of the same-layer pairs
+    at t and t+1; ``narrow_perm``, ``narrow_matched``: the narrow SAE's match t -> t+1 and its
+    matched flags; ``wide_perm``: the wide SAE's match t -> t+1.
+
+    Over narrow features that persist (their match t -> t+1 is *matched*): ``split_kept``,
+    the share of those that split at t (2+ children) whose partner at t+1 splits too, next to
+    ``split_base``, the share that split at t+1 among all persisting ones;
+    ``children_followed``, the share of the children at t whose own match t -> t+1 in the wide
+    SAE is a child of the narrow partner at t+1 (a random wide partner almost never is);
+    ``children_corr``, the correlation of the children counts at t and at t+1.
+    """
+    n_children_t, n_children_next = links_t["n_children"], links_next["n_children"]
+    indptr_t, children_t = links_t["children_indptr"], links_t["children"]
+    indptr_next, children_next = links_next["children_indptr"], links_next["children"]
+    alive = np.flatnonzero(narrow_matched)
+    nxt = narrow_perm[alive]
+    split_t, split_next = n_children_t[alive] >= 2, n_children_next[nxt] >= 2
+    parent_next = np.full(len(wide_perm), -1, dtype=np.int64)  # wide feature at t+1 -> its parent
+    parent_next[children_next] = np.repeat(np.arange(len(n_children_next)), np.diff(indptr_next))
+    kids = np.repeat(np.arange(len(n_children_t)), np.diff(indptr_t))  # parent of each child
+    partner = np.full(len(n_children_t), -1, dtype=np.int64)
+    partner[alive] = nxt
+    kept = partner[kids] >= 0
+    followed = parent_next[wide_perm[children_t[kept]]] == partner[kids[kept]]
+    counts_t, counts_next = n_children_t[alive].astype(float), n_children_next[nxt].astype(float)
+    corr = (float(np.corrcoef(counts_t, counts_next)[0, 1])
+            if len(alive) > 1 and counts_t.std() > 0 and counts_next.std() > 0 else float("nan"))
+    return {"persisting": int(len(alive)),
+            "split_t": float(split_t.mean()) if len(alive) else float("nan"),
+            "split_kept": float(split_next[split_t].mean()) if split_t.any() else float("nan"),
+            "split_base": float(split_next.mean()) if len(alive) else float("nan"),
+            "children_followed": float(followed.mean()) if kept.any() else float("nan"),
+            "children_corr": corr}

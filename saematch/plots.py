@@ -170,18 +170,20 @@ def sae_quality(table: pd.DataFrame, path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-def split_factor(summaries: dict[str, list[dict]], layers: list[int], narrow: str, wide: str,
-                 path: str | os.PathLike) -> None:
+def split_factor(summaries: dict[str, list[dict]], depth: pd.DataFrame, layers: list[int],
+                 narrow: str, wide: str, path: str | os.PathLike) -> None:
     """What the wide SAE did to the narrow SAE's features, per layer: split factor, shares of
-    narrow features with 0/1/2/3+ children, wide features without parent, and link MSEs.
+    narrow features with 0/1/2/3+ children, wide features without parent, link MSEs, and
+    whether the same features split at consecutive layers.
 
     ``summaries``: ``same`` (one per layer, narrow and wide at that layer) and ``across`` (one
-    per consecutive pair, narrow at t and wide at t+1, drawn at t)."""
+    per consecutive pair, narrow at t and wide at t+1, drawn at t); ``depth``: the split_depth
+    table (one row per consecutive pair)."""
     same, across = summaries["same"], summaries["across"]
     x, xa = np.asarray(layers), np.asarray(layers[:-1])
     planted = "planted_split_factor" in same[0]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (ax_sf, ax_sh), (ax_np, ax_mse) = axes
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
+    (ax_sf, ax_sh), (ax_np, ax_mse), (ax_keep, ax_follow) = axes
 
     def col(rows: list[dict], key: str) -> np.ndarray:
         return np.array([r[key] for r in rows], dtype=float)
@@ -231,6 +233,22 @@ def split_factor(summaries: dict[str, list[dict]], layers: list[int], narrow: st
     ax_mse.set_yscale("log")
     ax_mse.set_ylabel("per-feature MSE (folded space)")
     ax_mse.set_title("Matched MSE, same layer; band = IQR")
+
+    d = depth.sort_values("layer_a")
+    ax_keep.plot(d["layer_a"], d["split_kept"], "-o",
+                 label="split at t+1, among those split at t")
+    ax_keep.plot(d["layer_a"], d["split_base"], "--", color="gray",
+                 label="split at t+1, among all (base rate)")
+    ax_keep.set_ylim(0, 1.02)
+    ax_keep.set_ylabel(f"share of persisting {narrow} features")
+    ax_keep.set_title("Do the same features split at the next layer?")
+    ax_follow.plot(d["layer_a"], d["children_followed"], "-o",
+                   label=f"children at t whose {wide} match t→t+1 is a child of the partner")
+    ax_follow.plot(d["layer_a"], d["children_corr"], "-s",
+                   label="correlation of children counts at t and t+1")
+    ax_follow.set_ylim(min(0.0, np.nanmin([*d["children_corr"], 0.0])), 1.02)
+    ax_follow.set_ylabel("share / correlation")
+    ax_follow.set_title("Do they split the same way (children follow)?")
 
     for ax in axes.ravel():
         ax.set_xlabel(f"layer t ({narrow})")

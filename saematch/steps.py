@@ -227,9 +227,13 @@ def figures_step(metrics: Sequence[PathLike], folded: dict[int, PathLike],
     plots.thresholds(layers, thetas, width, out["thresholds"])
 
 
-def cross_figure_step(links: Sequence[PathLike], narrow: str, wide: str, out: PathLike) -> None:
-    """Split factor and children shares per layer of one width pair, at the same layer and from
-    each layer to the next, from the links files' summaries (found by the pair each records)."""
+def cross_figure_step(links: Sequence[PathLike], depth: PathLike, narrow: str, wide: str,
+                      out: PathLike) -> None:
+    """Split factor, children shares and splits along depth per layer of one width pair, at the
+    same layer and from each layer to the next, from the links files' summaries (found by the
+    pair each records) and the depth table."""
+    import pandas as pd
+
     from . import plots
 
     index = {k: p for k, p in index_pairs(links).items() if (k.narrow, k.wide) == (narrow, wide)}
@@ -241,4 +245,30 @@ def cross_figure_step(links: Sequence[PathLike], narrow: str, wide: str, out: Pa
                  if k.layer_a == k.layer_b],
         "across": [read_pair_metrics(index[k])[1] for k in sorted(index)
                    if k.layer_a != k.layer_b]}
-    plots.split_factor(summaries, layers, narrow, wide, out)
+    plots.split_factor(summaries, pd.read_csv(depth, sep="\t"), layers, narrow, wide, out)
+
+
+def depth_step(links: Sequence[PathLike], narrow_assignments: Sequence[PathLike],
+               narrow_metrics: Sequence[PathLike], wide_assignments: Sequence[PathLike],
+               narrow: str, wide: str, variant: str, out: PathLike) -> None:
+    """Whether the wide SAE splits the same narrow features at consecutive layers: one row per
+    consecutive pair of the same-layer links files (saematch.crosswidth.split_along_depth),
+    with the narrow and wide SAEs' own matches t -> t+1 of ``variant``."""
+    from .crosswidth import split_along_depth
+
+    same = {k.layer_a: p for k, p in index_pairs(links).items()
+            if (k.narrow, k.wide, k.variant) == (narrow, wide, variant) and k.layer_a == k.layer_b}
+    layers = sorted(same)
+    pairs = list(zip(layers[:-1], layers[1:]))
+    files = zip(pairs, pick(index_pairs(narrow_assignments), narrow, variant, pairs),
+                pick(index_pairs(narrow_metrics), narrow, variant, pairs),
+                pick(index_pairs(wide_assignments), wide, variant, pairs))
+    arrays = {layer: read_pair_metrics(same[layer])[0] for layer in layers}
+    rows = []
+    for (t, t_next), narrow_asg, narrow_met, wide_asg in files:
+        row = split_along_depth(arrays[t], arrays[t_next], read_assignment(narrow_asg).perm,
+                                read_pair_metrics(narrow_met)[0]["matched"],
+                                read_assignment(wide_asg).perm)
+        rows.append({"narrow": narrow, "wide": wide, "variant": variant, "layer_a": t,
+                     "layer_b": t_next, **row})
+    write_tsv(out, rows)

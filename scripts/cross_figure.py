@@ -3,4 +3,4 @@ from saematch.steps import cross_figure_step
 from saematch.workflow import run
 
 run(snakemake, lambda s: cross_figure_step(  # noqa: F821
-    s.input.links, s.wildcards.narrow, s.wildcards.wide, s.output.figure))
+    s.input.links, s.input.depth, s.wildcards.narrow, s.wildcards.wide, s.output.figure))

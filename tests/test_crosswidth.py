@@ -13,7 +13,7 @@ from conftest import REPO, random_sae, snakemake
 
 from saematch.assign import assign_dense, read_assignment, top1
 from saematch.costs import cost_matrix, nearest
-from saematch.crosswidth import cross_links, top1_null
+from saematch.crosswidth import children_lists, cross_links, split_along_depth, top1_null
 from saematch.features import Variant, feature_vectors, variant_vectors
 from saematch.metrics import null_threshold, per_feature_mse
 from saematch.synthetic import PlantedSpec, SplitSpec, planted_layer, split_layer
@@ -120,6 +120,27 @@ def test_parent_null_has_the_stated_false_positive_rate():
     np.testing.assert_allclose(feature_vectors(w), W)  # folded variant space = metric space
 
 
+def links_arrays(parent: list[int], n_narrow: int) -> dict[str, np.ndarray]:
+    parent = np.array(parent)
+    ptr, kids = children_lists(parent, parent >= 0, np.zeros(len(parent)), n_narrow)
+    return {"n_children": np.diff(ptr), "children_indptr": ptr, "children": kids}
+
+
+def test_split_along_depth_by_hand():
+    """Narrow 0 splits into wide 0, 1 at t and its partner (narrow 1) into wide 3, 4 at t+1,
+    where the wide SAE matched 0 -> 3 and 1 -> 4: split kept, children followed. Narrow 1's
+    child (wide 2) goes to wide 1, which is not a child of narrow 1's partner (narrow 2)."""
+    at_t = links_arrays([0, 0, 1, -1, -1], 3)
+    at_next = links_arrays([2, 0, 0, 1, 1], 3)
+    row = split_along_depth(at_t, at_next, narrow_perm=np.array([1, 2, 0]),
+                            narrow_matched=np.array([True, True, False]),
+                            wide_perm=np.array([3, 4, 1, 0, 2]))
+    assert row["persisting"] == 2 and row["split_t"] == 0.5
+    assert row["split_kept"] == 1.0 and row["split_base"] == 0.5
+    assert row["children_followed"] == pytest.approx(2 / 3)
+    assert row["children_corr"] == pytest.approx(1.0)
+
+
 # ------------------------------------------------------------------------------- workflow
 @pytest.fixture(scope="module")
 def cross_run(tmp_path_factory):
@@ -144,6 +165,10 @@ def test_workflow_recovers_planted_splits(cross_run):
     assert list(across.layer_b - across.layer_a) == [1, 1]
     png = workdir / "results/figures/crosswidth/128-256.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    # planted children move with their parent: the same features split, the same way
+    depth = pd.read_csv(workdir / "results/crosswidth/depth/128-256.tsv", sep="\t")
+    assert list(depth.layer_a) == [0, 1] and (depth.children_followed > 0.9).all()
+    assert (depth.split_kept > depth.split_base + 0.2).all()
 
 
 @pytest.mark.slow
