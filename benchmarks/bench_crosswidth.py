@@ -5,8 +5,9 @@ A script, not a test. Builds a narrow SAE and a wide SAE planted from it by spli
 narrow feature has 0 (10%) or 1-4 noisy children, the rest of the wide SAE is new features), caches
 them as params.npz under benchmarks/out/cache/, then times in fresh subprocesses (peak RSS each):
 
-- ``gemm``: one plain blockwise GEMM pass over the narrow x wide costs (``cost_blocks``), the
-  floor of anything that looks at every pair;
+- ``gemm``: one plain blockwise GEMM pass over the wide x narrow costs (``cost_blocks``, wide
+  rows in blocks against all narrow columns, as the parent map runs it), the floor of anything
+  that looks at every pair;
 - ``links``: what the ``cross_links`` job does: feature vectors, the parent map (``nearest``,
   one pass), then ``cross_links`` (the top-1 null: a random rotation of the residual stream and
   ceil(100/alpha) wide rows against the narrow SAE; scoring; children lists), given a
@@ -114,7 +115,7 @@ def run_case(case: str, n_narrow: int, n_wide: int, seed: int, block: int, devic
 
         N, W = variant_vectors(narrow, wide, variant, rectangular=True)
         t1 = time.perf_counter()
-        for _, c in cost_blocks(N, W, block, device):
+        for _, c in cost_blocks(W, N, block, device):
             del c
         out.update(vectors=t1 - t0, gemm=time.perf_counter() - t1)
     elif case == "links":
