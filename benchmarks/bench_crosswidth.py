@@ -98,7 +98,12 @@ def _peak_gib() -> float:
 
 
 def run_case(case: str, n_narrow: int, n_wide: int, seed: int, block: int, device: str) -> dict:
-    """Body of one measured subprocess; prints one RESULT line."""
+    """Body of one measured subprocess; prints one RESULT line (``generate``: only fills the
+    cache, in a process of its own, so the measured ones do not inherit its peak RSS)."""
+    if case == "generate":
+        cached_family(n_narrow, n_wide, seed)
+        print("RESULT {}")
+        return {}
     import torch
 
     from saematch.features import Variant, variant_vectors
@@ -177,7 +182,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block", type=int, default=4096)
     p.add_argument("--device", default="auto")
-    p.add_argument("--case", choices=["gemm", "links", "dense"], help=argparse.SUPPRESS)
+    p.add_argument("--case", choices=["generate", "gemm", "links", "dense"],
+                   help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
         run_case(args.case, args.narrow, args.wide, args.seed, args.block, args.device)
@@ -186,7 +192,7 @@ def main() -> None:
     for case, n, m in [("gemm", args.narrow, args.wide), ("links", args.narrow, args.wide),
                        *(("dense", *map(int, s.split("x"))) for s in args.dense)]:
         t0 = time.perf_counter()
-        cached_family(n, m, args.seed)
+        subprocess_case("generate", n, m, args)
         print(f"{n} x {m}: SAEs ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         rows.append(subprocess_case(case, n, m, args))
         print(json.dumps(rows[-1]), file=sys.stderr)

@@ -23,18 +23,30 @@ from .sae import SAE, check_compatible
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
+CHUNK = 8192  # rows per float64 temporary: a 65k x 4609 copy would be 2.4 GB
+
+
 def per_feature_mse(A: np.ndarray, B: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """``||a_i - b_perm(i)||^2 / D`` for each feature i, computed directly (no cancellation)."""
-    diff = A.astype(np.float64) - B[perm].astype(np.float64)
-    return np.einsum("ij,ij->i", diff, diff) / A.shape[1]
+    """``||a_i - b_perm(i)||^2 / D`` for each feature i, computed directly (no cancellation),
+    ``CHUNK`` rows at a time."""
+    perm = np.asarray(perm)
+    out = np.empty(len(A))
+    for s in range(0, len(A), CHUNK):
+        diff = A[s:s + CHUNK].astype(np.float64) - B[perm[s:s + CHUNK]].astype(np.float64)
+        out[s:s + CHUNK] = np.einsum("ij,ij->i", diff, diff) / A.shape[1]
+    return out
 
 
 def decoder_cosine(a: SAE, b: SAE, perm: np.ndarray) -> np.ndarray:
-    """Cosine between each matched pair of decoder rows (folding does not change it)."""
-    da = a.W_dec.astype(np.float64)
-    db = b.W_dec[perm].astype(np.float64)
-    num = np.einsum("ij,ij->i", da, db)
-    return num / (np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1))
+    """Cosine between each matched pair of decoder rows (folding does not change it), ``CHUNK``
+    rows at a time."""
+    out = np.empty(len(perm))
+    for s in range(0, len(perm), CHUNK):
+        da = a.W_dec[s:s + CHUNK].astype(np.float64)
+        db = b.W_dec[perm[s:s + CHUNK]].astype(np.float64)
+        num = np.einsum("ij,ij->i", da, db)
+        out[s:s + CHUNK] = num / (np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1))
+    return out
 
 
 def null_threshold(A: np.ndarray, B: np.ndarray, *, alpha: float, samples: int,
