@@ -227,6 +227,16 @@ def figures_step(metrics: Sequence[PathLike], folded: dict[int, PathLike],
     plots.thresholds(layers, thetas, width, out["thresholds"])
 
 
+def _links_of(links: Sequence[PathLike], narrow: str, wide: str) -> dict[CrossKey, PathLike]:
+    """The links files of one width pair, found by the pair each records, in layer order; one
+    clear error if none is at the same layer."""
+    index = dict(sorted((k, p) for k, p in index_pairs(links).items()
+                        if isinstance(k, CrossKey) and (k.narrow, k.wide) == (narrow, wide)))
+    if not any(k.layer_a == k.layer_b for k in index):
+        raise SAEMatchError(f"no links file of {narrow} -> {wide} at the same layer")
+    return index
+
+
 def cross_figure_step(links: Sequence[PathLike], depth: PathLike, narrow: str, wide: str,
                       out: PathLike) -> None:
     """Split factor, children shares and splits along depth per layer of one width pair, at the
@@ -236,15 +246,11 @@ def cross_figure_step(links: Sequence[PathLike], depth: PathLike, narrow: str, w
 
     from . import plots
 
-    index = {k: p for k, p in index_pairs(links).items() if (k.narrow, k.wide) == (narrow, wide)}
-    layers = sorted({k.layer_a for k in index if k.layer_a == k.layer_b})
-    if not layers:
-        raise SAEMatchError(f"no links file of {narrow} -> {wide} at the same layer")
+    index = _links_of(links, narrow, wide)
+    layers = [k.layer_a for k in index if k.layer_a == k.layer_b]
     summaries = {
-        "same": [read_pair_metrics(index[k])[1] for k in sorted(index)
-                 if k.layer_a == k.layer_b],
-        "across": [read_pair_metrics(index[k])[1] for k in sorted(index)
-                   if k.layer_a != k.layer_b]}
+        "same": [read_pair_metrics(p)[1] for k, p in index.items() if k.layer_a == k.layer_b],
+        "across": [read_pair_metrics(p)[1] for k, p in index.items() if k.layer_a != k.layer_b]}
     plots.split_factor(summaries, pd.read_csv(depth, sep="\t"), layers, narrow, wide, out)
 
 
@@ -256,9 +262,9 @@ def depth_step(links: Sequence[PathLike], narrow_assignments: Sequence[PathLike]
     with the narrow and wide SAEs' own matches t -> t+1 of ``variant``."""
     from .crosswidth import split_along_depth
 
-    same = {k.layer_a: p for k, p in index_pairs(links).items()
-            if (k.narrow, k.wide, k.variant) == (narrow, wide, variant) and k.layer_a == k.layer_b}
-    layers = sorted(same)
+    same = {k.layer_a: p for k, p in _links_of(links, narrow, wide).items()
+            if k.variant == variant and k.layer_a == k.layer_b}
+    layers = list(same)
     pairs = list(zip(layers[:-1], layers[1:]))
     files = zip(pairs, pick(index_pairs(narrow_assignments), narrow, variant, pairs),
                 pick(index_pairs(narrow_metrics), narrow, variant, pairs),

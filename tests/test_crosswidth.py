@@ -191,6 +191,20 @@ def test_workflow_map_files_record_their_kind(cross_run):
     assert set(summary.variant) == {"folded", "top1_cosine"}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(cross_width=[["128", "512"]]), "width 512 is not in widths"),
+    (lambda c: c.update(cross_width=[["256", "128"]]), "must name the narrower width first"),
+    (lambda c: c["persistence"].update(variant="top1_cosine"), "must be a configured lap"),
+])
+def test_bad_cross_width_config_fails_clearly(tmp_path, change, message):
+    config = yaml.safe_load((REPO / "tests/config/crosswidth.yaml").read_text())
+    change(config)
+    proc = snakemake(tmp_path, "-n", config=config, check=False)
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
 def rectangular_certified() -> bool:
     """Whether saematch.certified accepts A with fewer rows than B (another branch adds it)."""
     from saematch.certified import certified_assign
