@@ -137,6 +137,7 @@ def cross_links(narrow: SAE, wide: SAE, lap: Assignment, parents: Assignment, va
         "wide_no_parent": float(1 - has_parent.mean()),
         "parent_mse_mean": float(mse.mean()), **_quantiles(mse, "parent_mse"),
         "parent_dec_cos_mean": float(arrays["parent_dec_cos"].mean()),
+        **_quantiles(arrays["parent_dec_cos"], "parent_dec_cos"),
         "parent_match_threshold": tau,
         "parent_frac_matched_random_null": float((mse < lap_summary["match_threshold"]).mean()),
         **{f"lap_{k}": v for k, v in lap_summary.items() if k not in ("alpha", "n_features")},
