@@ -30,6 +30,7 @@ include: "rules/persistence.smk"
 include: "rules/lm.smk"
 include: "rules/figures.smk"
 include: "rules/explore.smk"
+include: "rules/crosswidth.smk"
 
 
 report: "report/workflow.rst"

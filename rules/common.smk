@@ -23,6 +23,8 @@ wildcard_constraints:
     a=r"[0-9]+",
     b=r"[0-9]+",
     variant=r"[A-Za-z0-9_]+",
+    narrow=r"[0-9]+[km]?",
+    wide=r"[0-9]+[km]?",
     dataset=r"[A-Za-z0-9_]+",
     split=r"train|eval",
 
@@ -42,6 +44,7 @@ BOOTSTRAP = LM.get("bootstrap", {})
 ADJACENT_PAIRS = [(a, b) for a, b in PAIRS if b == a + 1]
 if SOURCE == "trained" and not LM:
     raise ValueError("config: source.kind 'trained' needs an 'lm' section (model, datasets)")
+SYNTHETIC = config["source"].get("synthetic", {})
 
 
 def canonical(value):
@@ -63,6 +66,26 @@ def width_features(width):
     scale = {"k": 1_000, "m": 1_000_000}.get(width[-1], 1)
     count = int(width.rstrip("km")) * scale
     return count if scale == 1 else 2 ** round(math.log2(count))
+
+
+def cross_width_pairs():
+    """The configured (narrow, wide) width pairs, checked: both widths configured, the first
+    narrower, and the matching variant (persistence.variant) a LAP variant."""
+    pairs = [tuple(p) for p in config["cross_width"]]
+    for narrow, wide in pairs:
+        unknown = [w for w in (narrow, wide) if w not in config["widths"]]
+        if unknown:
+            raise ValueError(f"config cross_width: width {unknown[0]} is not in widths")
+        if width_features(narrow) >= width_features(wide):
+            raise ValueError(f"config cross_width: [{narrow}, {wide}] must name the narrower "
+                             f"width first")
+    if pairs and config["variants"].get(PERSIST["variant"], {}).get("method") != "lap":
+        raise ValueError(f"config cross_width matches in the space of persistence.variant "
+                         f"({PERSIST['variant']!r}), which must be a configured lap variant")
+    return pairs
+
+
+CROSS = cross_width_pairs()
 
 
 def sae_folder(width, layer):
@@ -87,6 +110,17 @@ def saelens_sae_id(width, layer):
         raise ValueError(f"config source.saelens.sae_id names no SAE for width {width}, "
                          f"layer {layer}")
     return by_layer[int(layer)]
+
+
+def planted_spec(width):
+    """The planted family of one width: the synthetic section without the split options, and for
+    a width in ``split_from``, the narrower family's size and the split options (so planting a
+    wide width changes nothing in the narrow width's params)."""
+    spec = {k: v for k, v in SYNTHETIC.items() if k not in ("split_from", "split")}
+    narrow = SYNTHETIC.get("split_from", {}).get(width)
+    if narrow:
+        spec["split"] = {**SYNTHETIC.get("split", {}), "narrow_features": width_features(narrow)}
+    return canonical(spec)
 
 
 def sae_source(layer, width):
@@ -118,26 +152,41 @@ def variant_spec(name):
     return canonical(config["variants"][name])
 
 
-def vectors_input(wc, layer):
-    """Folded variants read the folded SAE; unfolded ones read the source itself."""
+def is_cross(wc):
+    """A cross-width job (wildcards narrow, wide) rather than one of a single width."""
+    return "narrow" in wc.keys()
+
+
+def pair_widths(wc):
+    """The widths of side a and side b of a per-pair job: (narrow, wide) for cross-width jobs."""
+    return (wc.narrow, wc.wide) if is_cross(wc) else (wc.width, wc.width)
+
+
+def pair_features(wc):
+    return tuple(width_features(w) for w in pair_widths(wc))
+
+
+def side_input(wc, side):
+    """The SAE file of side ``a`` or ``b`` of a per-pair job, as its variant reads it: folded
+    variants read the folded SAE, unfolded ones the source itself."""
+    width, layer = (pair_widths(wc)[0], wc.a) if side == "a" else (pair_widths(wc)[1], wc.b)
     if variant_spec(wc.variant)["folded"]:
-        return path_of("fold", "folded", width=wc.width, layer=layer)
-    return sae_source(layer, wc.width)
-
-
-def pair_wildcards(wc):
-    return dict(variant=wc.variant, width=wc.width, a=wc.a, b=wc.b)
+        return path_of("fold", "folded", width=width, layer=layer)
+    return sae_source(layer, width)
 
 
 def assign_input(wc):
-    """Identity needs only the SAEs; dense LAP the cost matrix; certified the candidate graph and
-    the SAEs (its certificate streams over every pair)."""
-    saes = {"sae_a": vectors_input(wc, wc.a), "sae_b": vectors_input(wc, wc.b)}
-    if variant_spec(wc.variant)["method"] == "identity":
+    """Identity and top-1 need only the SAEs; dense LAP the cost matrix; certified the candidate
+    graph and the SAEs (its certificate streams over every pair). Cross-width jobs read the
+    cross-width rules' costs and candidates."""
+    saes = {"sae_a": side_input(wc, "a"), "sae_b": side_input(wc, "b")}
+    if variant_spec(wc.variant)["method"] != "lap":
         return saes
-    if solver_of(width_features(wc.width)) == "dense":
-        return {"cost": path_of("cost_matrix", "cost", **pair_wildcards(wc))}
-    return {"candidates": path_of("candidate_graph", "graph", **pair_wildcards(wc)), **saes}
+    cross = "cross_" if is_cross(wc) else ""
+    if solver_of(max(pair_features(wc))) == "dense":
+        return {"cost": path_of(f"{cross}cost_matrix", "cost", **dict(wc.items()))}
+    return {"candidates": path_of(f"{cross}candidate_graph", "graph", **dict(wc.items())),
+            **saes}
 
 
 def truth_input(wc):
@@ -146,6 +195,31 @@ def truth_input(wc):
         return {}
     return {"truth": path_of("plant_sae", "truth", layer=wc.b, width=wc.width,
                              folder=sae_folder(wc.width, wc.b))}
+
+
+def cross_truth_input(wc):
+    """Planted truth of a cross-width pair whose wide width was planted by splitting the narrow
+    one: the wide layer's parents and, across layers, the narrow family's origins at layer b."""
+    if SOURCE != "synthetic" or SYNTHETIC.get("split_from", {}).get(wc.wide) != wc.narrow:
+        return {}
+    truth = {"truth_wide": path_of("plant_sae", "truth", layer=wc.b, width=wc.wide,
+                                   folder=sae_folder(wc.wide, wc.b))}
+    if wc.a != wc.b:
+        truth["truth_narrow"] = path_of("plant_sae", "truth", layer=wc.b, width=wc.narrow,
+                                        folder=sae_folder(wc.narrow, wc.b))
+    return truth
+
+
+def cross_layer_pairs():
+    """Layer pairs of cross-width matching: each layer with itself, then each layer with the
+    next (narrow at t, wide at t+1)."""
+    return [(layer, layer) for layer in LAYERS] + PAIRS
+
+
+def cross_files(rule, key, narrow, wide):
+    """One output of a per-pair cross-width rule for every layer pair of one width pair."""
+    return [path_of(rule, key, variant=PERSIST["variant"], narrow=narrow, wide=wide, a=a, b=b)
+            for a, b in cross_layer_pairs()]
 
 
 def direct_pairs():
@@ -216,8 +290,8 @@ def semantic_input(wc):
     inputs = {
         "evidence_a": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.a),
         "evidence_b": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.b),
-        "assignment": path_of("assign", "assignment", **pair_wildcards(wc)),
-        "metrics": path_of("pair_metrics", "metrics", **pair_wildcards(wc)),
+        "assignment": path_of("assign", "assignment", **dict(wc.items())),
+        "metrics": path_of("pair_metrics", "metrics", **dict(wc.items())),
     }
     if SOURCE == "trained":  # activation correlation on the held-out text
         inputs.update(sae_a=sae_source(wc.a, wc.width), sae_b=sae_source(wc.b, wc.width),
@@ -259,6 +333,9 @@ def all_targets():
             targets.append(path_of("lm_digest", "digest", width=w))
     if SOURCE == "trained":
         targets.extend(rules.quality_figure.output)
+    if CROSS:
+        targets.append(rules.cross_table.output.table)
+        targets.extend(path_of("cross_figure", "figure", narrow=n, wide=w) for n, w in CROSS)
     return targets + explore_targets()
 
 
@@ -285,11 +362,12 @@ def _streamed_bytes(input, n):
 
 
 def mem_mb_pair(wc, input, attempt):
-    """Cost matrix, candidate graph or assignment of one layer pair. Dense LAP: the float32
-    matrix, scipy's float64 copy and its work arrays (about 20 bytes a pair)."""
-    n = width_features(wc.width)
+    """Cost matrix, candidate graph or assignment of one layer pair (cross-width: n_a x n_b,
+    counted as the wider side's n where the size is n x n). Dense LAP: the float32 matrix,
+    scipy's float64 copy and its work arrays (about 20 bytes a pair)."""
+    n_a, n_b = pair_features(wc)
     dense = "cost" in input.keys()
-    need = n * n * 20 if dense else _streamed_bytes(input, n)
+    need = n_a * n_b * 20 if dense else _streamed_bytes(input, n_b)
     return attempt * (2048 + need // 2**20)
 
 
@@ -299,5 +377,7 @@ def mem_mb_sae(wc, input, attempt):
 
 
 def runtime_min(wc, attempt):
-    """Minutes: a 16k pair takes a few minutes on a CPU node; dense cost grows with n^2."""
-    return attempt * (20 + 10 * (width_features(wc.width) // 16384) ** 2)
+    """Minutes: a 16k pair takes a few minutes on a CPU node; dense cost grows with n^2
+    (cross-width: n_a n_b)."""
+    n_a, n_b = pair_features(wc)
+    return attempt * (20 + 10 * (n_a // 16384) * (n_b // 16384))

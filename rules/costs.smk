@@ -4,8 +4,8 @@
 
 rule cost_matrix:
     input:
-        sae_a=lambda wc: vectors_input(wc, wc.a),
-        sae_b=lambda wc: vectors_input(wc, wc.b),
+        sae_a=lambda wc: side_input(wc, "a"),
+        sae_b=lambda wc: side_input(wc, "b"),
     output:
         cost="results/costs/{variant}/width_{width}/{a}-{b}.h5",
     params:
@@ -25,8 +25,8 @@ rule cost_matrix:
 
 rule candidate_graph:
     input:
-        sae_a=lambda wc: vectors_input(wc, wc.a),
-        sae_b=lambda wc: vectors_input(wc, wc.b),
+        sae_a=lambda wc: side_input(wc, "a"),
+        sae_b=lambda wc: side_input(wc, "b"),
     output:
         graph="results/candidates/{variant}/width_{width}/{a}-{b}.h5",
     params:

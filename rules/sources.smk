@@ -3,12 +3,13 @@
 
 rule plant_sae:
     """A planted synthetic SAE of one layer and width, with its ground truth (origin of each
-    feature in the layer before)."""
+    feature in the layer before; for a width planted by splitting a narrower one, also each
+    feature's parent)."""
     output:
         params="results/synthetic/layer_{layer}/width_{width}/{folder}/params.npz",
         truth="results/synthetic/layer_{layer}/width_{width}/{folder}/truth.npz",
     params:
-        spec=canonical(config["source"].get("synthetic", {})),
+        spec=lambda wc: planted_spec(wc.width),
         n_features=lambda wc: width_features(wc.width),
         layer=lambda wc: int(wc.layer),
     conda:

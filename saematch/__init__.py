@@ -23,9 +23,10 @@ __all__ = ["SAE", "Assignment", "SAEMatchError", "Variant", "compose", "feature_
 
 def match(a: SAE, b: SAE, variant: Variant | None = None, *, block: int = 4096,
           device: str = "auto") -> Assignment:
-    """Exact matching of ``a``'s features to ``b``'s (default: the paper's folded variant)."""
-    from .assign import assign_dense, identity
-    from .costs import cost_matrix
+    """Exact matching of ``a``'s features to ``b``'s (default: the paper's folded variant); a
+    ``top1`` variant gives each feature of ``a`` its nearest feature of ``b`` (many-to-one)."""
+    from .assign import assign_dense, identity, top1
+    from .costs import cost_matrix, nearest
     from .features import variant_vectors
     from .metrics import per_feature_mse
 
@@ -33,4 +34,6 @@ def match(a: SAE, b: SAE, variant: Variant | None = None, *, block: int = 4096,
     A, B = variant_vectors(a, b, variant)
     if variant.method == "identity":
         return identity(len(A), per_feature_mse(A, B, range(len(B))) * A.shape[1])
+    if variant.method == "top1":
+        return top1(*nearest(A, B, block=block, device=device), n_b=len(B))
     return assign_dense(cost_matrix(A, B, block=block, device=device))

@@ -48,6 +48,19 @@ def cost_matrix(A: np.ndarray, B: np.ndarray, block: int = 4096,
     return out
 
 
+def nearest(A: np.ndarray, B: np.ndarray, block: int = 4096,
+            device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """For every row of A, its nearest row of B and that cost: ``argmin_j ||a_i - b_j||^2``
+    (the first on ties) and the minimum, by one blockwise GEMM pass (``cost_blocks``) that keeps
+    only the row minima: memory ``block * n_B`` floats, whatever the sizes."""
+    partner = np.empty(A.shape[0], dtype=np.int64)
+    cost = np.empty(A.shape[0], dtype=np.float64)
+    for rows, c in cost_blocks(A, B, block, device, progress=True):
+        best, idx = c.min(dim=1)
+        partner[rows], cost[rows] = idx.cpu().numpy(), best.double().cpu().numpy()
+    return partner, cost
+
+
 def write_cost_matrix(path: str | os.PathLike, A: np.ndarray, B: np.ndarray, *,
                       attrs: dict, block: int = 4096, device: str = "auto") -> None:
     """Stream the cost matrix into HDF5 dataset ``cost`` block by block, atomically."""

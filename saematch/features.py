@@ -14,14 +14,17 @@ from .sae import SAE, check_compatible, fold
 
 TERMS = ("decoder", "encoder", "b_enc")
 METRICS = ("sqeuclidean", "cosine")
+METHODS = ("lap", "identity", "top1")
 
 
 @dataclass(frozen=True)
 class Variant:
     """How a matching variant turns SAEs into feature vectors.
 
-    ``method`` is ``lap`` (solve an assignment on costs) or ``identity`` (no permutation).
-    ``cosine`` unit-normalises each feature vector, so the squared distance is ``2 - 2 cos``.
+    ``method`` is ``lap`` (solve an assignment on costs: a permutation), ``identity`` (no
+    permutation) or ``top1`` (each feature of A to its nearest feature of B, several may share
+    one: Feature Flow's many-to-one map, Laptev et al. 2025). ``cosine`` unit-normalises each
+    feature vector, so the squared distance is ``2 - 2 cos`` and top-1 is the highest cosine.
     """
 
     name: str
@@ -31,7 +34,7 @@ class Variant:
     metric: str = "sqeuclidean"
 
     def __post_init__(self) -> None:
-        if self.method not in ("lap", "identity"):
+        if self.method not in METHODS:
             raise SAEMatchError(f"variant {self.name}: unknown method {self.method!r}")
         bad = [t for t in self.terms if t not in TERMS]
         if bad or not self.terms:
@@ -42,6 +45,11 @@ class Variant:
     def attrs(self) -> dict:
         """How the feature vectors were made, as recorded beside costs and candidate graphs."""
         return {"terms": list(self.terms), "folded": self.folded, "metric": self.metric}
+
+    def vectors(self, sae: SAE) -> np.ndarray:
+        """One SAE's feature vectors as this variant defines them."""
+        return feature_vectors(sae, self.terms, folded=self.folded,
+                               normalize=self.metric == "cosine")
 
     @classmethod
     def from_config(cls, name: str, spec: dict) -> Variant:
@@ -63,8 +71,9 @@ def feature_vectors(sae: SAE, terms: Sequence[str] = TERMS, *, folded: bool = Tr
     return np.ascontiguousarray(vecs)
 
 
-def variant_vectors(a: SAE, b: SAE, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
-    """Feature vectors of both layers as the variant defines them."""
-    check_compatible(a, b)
-    kw = dict(terms=variant.terms, folded=variant.folded, normalize=variant.metric == "cosine")
-    return feature_vectors(a, **kw), feature_vectors(b, **kw)
+def variant_vectors(a: SAE, b: SAE, variant: Variant, *,
+                    rectangular: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors of both layers as the variant defines them (``rectangular``: B may be a
+    wider SAE than A, as in cross-width matching)."""
+    check_compatible(a, b, rectangular=rectangular)
+    return variant.vectors(a), variant.vectors(b)

@@ -23,37 +23,53 @@ from .sae import SAE, check_compatible
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
+CHUNK = 8192  # rows per float64 temporary: a 65k x 4609 copy would be 2.4 GB
+
+
 def per_feature_mse(A: np.ndarray, B: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """``||a_i - b_perm(i)||^2 / D`` for each feature i, computed directly (no cancellation)."""
-    diff = A.astype(np.float64) - B[perm].astype(np.float64)
-    return np.einsum("ij,ij->i", diff, diff) / A.shape[1]
+    """``||a_i - b_perm(i)||^2 / D`` for each feature i, computed directly (no cancellation),
+    ``CHUNK`` rows at a time."""
+    perm = np.asarray(perm)
+    out = np.empty(len(A))
+    for s in range(0, len(A), CHUNK):
+        diff = A[s:s + CHUNK].astype(np.float64) - B[perm[s:s + CHUNK]].astype(np.float64)
+        out[s:s + CHUNK] = np.einsum("ij,ij->i", diff, diff) / A.shape[1]
+    return out
 
 
 def decoder_cosine(a: SAE, b: SAE, perm: np.ndarray) -> np.ndarray:
-    """Cosine between each matched pair of decoder rows (folding does not change it)."""
-    da = a.W_dec.astype(np.float64)
-    db = b.W_dec[perm].astype(np.float64)
-    num = np.einsum("ij,ij->i", da, db)
-    return num / (np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1))
+    """Cosine between each matched pair of decoder rows (folding does not change it), ``CHUNK``
+    rows at a time."""
+    out = np.empty(len(perm))
+    for s in range(0, len(perm), CHUNK):
+        da = a.W_dec[s:s + CHUNK].astype(np.float64)
+        db = b.W_dec[perm[s:s + CHUNK]].astype(np.float64)
+        num = np.einsum("ij,ij->i", da, db)
+        out[s:s + CHUNK] = num / (np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1))
+    return out
 
 
 def null_threshold(A: np.ndarray, B: np.ndarray, *, alpha: float, samples: int,
                    seed: int) -> tuple[float, np.ndarray]:
-    """The ``alpha`` quantile of per-feature MSE under random pairing, and the null MSEs."""
+    """The ``alpha`` quantile of per-feature MSE under random pairing, and the null MSEs.
+
+    Each feature of A gets a uniformly random, distinct feature of B (B may be the wider)."""
     rng = np.random.default_rng(seed)
-    null = np.concatenate([per_feature_mse(A, B, rng.permutation(len(B))) for _ in range(samples)])
+    null = np.concatenate([per_feature_mse(A, B, rng.permutation(len(B))[:len(A)])
+                           for _ in range(samples)])
     return float(np.quantile(null, alpha)), null
 
 
 def pair_metrics(a: SAE, b: SAE, perm: np.ndarray, *, terms=TERMS, alpha: float = 0.01,
-                 null_samples: int = 5, seed: int = 0,
-                 origin: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                 null_samples: int = 5, seed: int = 0, origin: np.ndarray | None = None,
+                 rectangular: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Per-feature arrays (mse, dec_cos, matched) and a summary dict for one matched pair.
 
     ``origin`` (planted families only) gives each layer-B feature's true layer-A parent, from
     which the fraction of persisting features whose planted partner was recovered is reported.
+    ``rectangular``: B is a wider SAE than A (``perm`` maps A's features into B's).
     """
-    check_compatible(a, b)
+    check_compatible(a, b, rectangular=rectangular)
     A = feature_vectors(a, terms, folded=True)
     B = feature_vectors(b, terms, folded=True)
     mse = per_feature_mse(A, B, perm)

@@ -177,3 +177,94 @@ def sae_quality(table: pd.DataFrame, path: str | os.PathLike) -> None:
         a.grid(alpha=0.3)
         a.legend()
     _save(fig, path)
+
+
+def split_factor(summaries: dict[str, list[dict]], depth: pd.DataFrame, layers: list[int],
+                 narrow: str, wide: str, path: str | os.PathLike) -> None:
+    """What the wide SAE did to the narrow SAE's features, per layer: split factor, shares of
+    narrow features with 0/1/2/3+ children, wide features without parent, link MSEs, and
+    whether the same features split at consecutive layers.
+
+    ``summaries``: ``same`` (one per layer, narrow and wide at that layer) and ``across`` (one
+    per consecutive pair, narrow at t and wide at t+1, drawn at t); ``depth``: the split_depth
+    table (one row per consecutive pair)."""
+    same, across = summaries["same"], summaries["across"]
+    x, xa = np.asarray(layers), np.asarray(layers[:-1])
+    planted = "planted_split_factor" in same[0]
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13))
+    (ax_sf, ax_sh), (ax_np, ax_mse), (ax_keep, ax_follow) = axes
+
+    def col(rows: list[dict], key: str) -> np.ndarray:
+        return np.array([r[key] for r in rows], dtype=float)
+
+    ax_sf.plot(x, col(same, "split_factor"), "-o", label=f"{narrow} at t \u2192 {wide} at t")
+    ax_sf.plot(xa, col(across, "split_factor"), "--s", label=f"{narrow} at t \u2192 {wide} at t+1")
+    if planted:
+        ax_sf.plot(x, col(same, "planted_split_factor"), ":", color="k", label="planted truth (t)")
+    top = np.nanmax([*col(same, "split_factor"), *col(across, "split_factor"), 1.0])
+    ax_sf.set_ylim(1, max(2.0, 1.1 * top))  # 1 = every feature kept as one
+    ax_sf.set_ylabel("children per narrow feature that has any")
+    ax_sf.set_title(f"Split factor ({narrow} \u2192 {wide})")
+
+    shares = [("parents_0", "0 (absorbed / gone)"), ("parents_1", "1 (kept)"),
+              ("parents_2", "2 (split)"), ("parents_3plus", "3+ (split)")]
+    bottom = np.zeros(len(x))
+    for key, label in shares:
+        values = col(same, key)
+        ax_sh.bar(x, values, bottom=bottom, label=label, width=0.8)
+        bottom += values
+    if planted:
+        ax_sh.plot(x, col(same, "planted_parents_0"), "k_", ms=14, mew=2,
+                   label="planted truth: share with 0")
+    ax_sh.set_ylim(0, 1.02)
+    ax_sh.set_ylabel(f"share of {narrow} features")
+    ax_sh.set_title(f"Children of each {narrow} feature in {wide}, same layer")
+
+    ax_np.plot(x, col(same, "wide_no_parent"), "-o", label="same layer")
+    ax_np.plot(xa, col(across, "wide_no_parent"), "--s", label="t \u2192 t+1")
+    ax_np.plot(x, 1 - col(same, "lap_frac_matched"), "-^", alpha=0.7,
+               label=f"exact 1:1 LAP: {narrow} features not matched")
+    if planted:
+        ax_np.plot(x, col(same, "planted_wide_no_parent"), ":", color="k",
+                   label="planted truth (same layer)")
+    ax_np.set_ylim(0, 1.02)
+    ax_np.set_ylabel("share")
+    ax_np.set_title(f"{wide} features without a {narrow} parent (new features)")
+
+    for key, label, style in (("parent_mse", "parent links", "-o"),
+                              ("lap_mse", "exact 1:1 LAP", "-^")):
+        line, = ax_mse.plot(x, col(same, f"{key}_q50"), style, label=f"{label}, median")
+        ax_mse.fill_between(x, col(same, f"{key}_q25"), col(same, f"{key}_q75"),
+                            color=line.get_color(), alpha=0.15)
+    ax_mse.plot(x, col(same, "parent_match_threshold"), "k--", lw=1,
+                label="parent threshold (top-1 null)")
+    ax_mse.plot(x, col(same, "lap_random_mse_mean"), "k:", lw=1, label="random pairs (mean)")
+    ax_mse.set_yscale("log")
+    ax_mse.set_ylabel("per-feature MSE (folded space)")
+    ax_mse.set_title("Matched MSE, same layer; band = IQR")
+
+    d = depth.sort_values("layer_a")
+    ax_keep.plot(d["layer_a"], d["split_kept"], "-o",
+                 label="split at t+1, among those split at t")
+    ax_keep.plot(d["layer_a"], d["split_base"], "--", color="gray",
+                 label="split at t+1, among all (base rate)")
+    ax_keep.set_ylim(0, 1.02)
+    ax_keep.set_ylabel(f"share of persisting {narrow} features")
+    ax_keep.set_title("Do the same features split at the next layer?")
+    ax_follow.plot(d["layer_a"], d["children_followed"], "-o",
+                   label=f"children at t whose {wide} match t→t+1 is a child of the partner")
+    ax_follow.plot(d["layer_a"], d["children_corr"], "-s",
+                   label="correlation of children counts at t and t+1")
+    ax_follow.set_ylim(min(0.0, np.nanmin([*d["children_corr"], 0.0])), 1.02)
+    ax_follow.set_ylabel("share / correlation")
+    ax_follow.set_title("Do they split the same way (children follow)?")
+
+    for ax in axes.ravel():
+        ax.set_xlabel(f"layer t ({narrow})")
+        ax.set_xticks(x, [str(v) for v in x], rotation=45 if len(x) > 12 else 0)
+        ax.grid(alpha=0.3)
+        if ax is ax_sh:  # beside the bars, not over them
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        else:
+            ax.legend(fontsize=8)
+    _save(fig, path)

@@ -230,13 +230,15 @@ def fold(sae: SAE) -> SAE:
     )
 
 
-def check_compatible(a: SAE, b: SAE) -> None:
-    """Two SAEs can be matched only if they share d_model and feature count."""
+def check_compatible(a: SAE, b: SAE, *, rectangular: bool = False) -> None:
+    """Two SAEs can be matched only if they share d_model and feature count (``rectangular``:
+    B may have more features than A, not fewer)."""
     if a.d_model != b.d_model:
         raise SAEMatchError(
             f"d_model mismatch: {a.source} has {a.d_model}, {b.source} has {b.d_model}"
         )
-    if a.n_features != b.n_features:
+    fits = a.n_features <= b.n_features if rectangular else a.n_features == b.n_features
+    if not fits:
         raise SAEMatchError(
             f"feature count mismatch: {a.source} has {a.n_features}, {b.source} has {b.n_features}"
         )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import SAEMatchError
-from .results import PairKey
+from .results import CrossKey, PairKey
 
 
 def run(snakemake: Any, step: Callable[[Any], None]) -> None:
@@ -51,6 +51,10 @@ def layer_inputs(named: Any, prefix: str = "layer_") -> dict[int, str]:
                        if k.startswith(prefix)))
 
 
-def pair_key(wildcards: Any) -> PairKey:
-    """The pair a per-pair job works on, from its ``width, variant, a, b`` wildcards."""
+def pair_key(wildcards: Any) -> PairKey | CrossKey:
+    """The pair a per-pair job works on, from its ``width, variant, a, b`` wildcards, or for a
+    cross-width job its ``narrow, wide, variant, a, b`` wildcards."""
+    if "narrow" in wildcards.keys():
+        return CrossKey(wildcards.narrow, wildcards.wide, wildcards.variant, int(wildcards.a),
+                        int(wildcards.b))
     return PairKey(wildcards.width, wildcards.variant, int(wildcards.a), int(wildcards.b))

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 from conftest import random_sae
 
-from saematch.assign import assign_dense, compose, permute_codes, read_assignment, write_assignment
-from saematch.costs import cost_matrix
+from saematch.assign import (
+    Assignment,
+    assign_dense,
+    compose,
+    permute_codes,
+    read_assignment,
+    top1,
+    write_assignment,
+)
+from saematch.costs import cost_matrix, nearest
 from saematch.errors import SAEMatchError
 from saematch.features import Variant, feature_vectors, variant_vectors
 from saematch.synthetic import PlantedSpec, planted_layer, true_permutation
@@ -77,6 +85,84 @@ def test_assignment_file_roundtrip_and_validation(tmp_path):
     np.testing.assert_array_equal(back.perm, result.perm)
     assert back.objective == pytest.approx(result.objective)
     result.perm[0] = result.perm[1]
-    write_assignment(tmp_path / "bad.h5", result, {})
     with pytest.raises(SAEMatchError, match="bad.h5: 'perm' is not a permutation"):
-        read_assignment(tmp_path / "bad.h5")
+        write_assignment(tmp_path / "bad.h5", result, {})  # refused before anything is written
+    assert not (tmp_path / "bad.h5").exists()
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "r+") as h5:  # a file damaged after it was written
+        h5["perm"][0] = h5["perm"][1]
+    with pytest.raises(SAEMatchError, match="a.h5: 'perm' is not a permutation"):
+        read_assignment(tmp_path / "a.h5")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rectangular_dense_lap_is_optimal_against_brute_force(seed):
+    """n_a < n_b: every row gets a distinct column, at the least total cost over all 840
+    injective maps of 4 rows into 7 columns (ties included)."""
+    rng = np.random.default_rng(seed)
+    cost = rng.random((4, 7)) if seed % 2 else rng.integers(0, 3, (4, 7)).astype(float)
+    result = assign_dense(cost)
+    best = min(cost[np.arange(4), list(p)].sum() for p in itertools.permutations(range(7), 4))
+    assert result.kind == "injective" and result.n_b == 7
+    assert len(set(result.perm)) == 4 and result.objective == pytest.approx(best, abs=1e-12)
+    np.testing.assert_array_equal(result.match_cost, cost[np.arange(4), result.perm])
+    with pytest.raises(SAEMatchError, match="n_a <= n_b"):
+        assign_dense(cost.T)
+    assert assign_dense(cost[:, :4]).kind == "permutation"
+
+
+def test_map_kinds_roundtrip_and_are_validated_on_read(tmp_path):
+    import h5py
+
+    maps = {"injective": Assignment(np.array([4, 0, 2]), np.zeros(3), "dense", kind="injective",
+                                    n_b=5),
+            "many_to_one": Assignment(np.array([1, 1, 0, 1]), np.zeros(4), "top1",
+                                      kind="many_to_one", n_b=2)}
+    for name, m in maps.items():
+        write_assignment(tmp_path / f"{name}.h5", m, {})
+        back = read_assignment(tmp_path / f"{name}.h5")
+        assert (back.kind, back.n_b) == (m.kind, m.n_b)
+        np.testing.assert_array_equal(back.perm, m.perm)
+    damage = {"injective": (lambda h5: h5["perm"].__setitem__(1, 4), "not injective"),
+              "many_to_one": (lambda h5: h5["perm"].__setitem__(0, 2), "outside 0..1")}
+    for name, (change, message) in damage.items():
+        with h5py.File(tmp_path / f"{name}.h5", "r+") as h5:
+            change(h5)
+        with pytest.raises(SAEMatchError, match=message):
+            read_assignment(tmp_path / f"{name}.h5")
+    with h5py.File(tmp_path / "old.h5", "w") as h5:  # written before kinds existed
+        h5["perm"], h5["match_cost"] = np.array([2, 0, 1]), np.zeros(3)
+        h5.attrs.update(solver="dense", status="optimal", gap=0.0)
+    assert read_assignment(tmp_path / "old.h5").kind == "permutation"
+
+
+def test_many_to_one_codes_add_up_and_decode_linearly():
+    """permute_codes adds the codes of features sent to one partner, so decoding with B equals
+    decoding every A feature with its partner's decoder row."""
+    rng = np.random.default_rng(3)
+    f = rng.random((5, 6)).astype(np.float32)
+    perm = np.array([2, 2, 0, 3, 2, 0])
+    g = permute_codes(f, perm)
+    onehot = np.zeros((6, 6), np.float32)
+    onehot[np.arange(6), perm] = 1
+    np.testing.assert_allclose(g, f @ onehot, rtol=1e-6)
+    b = random_sae(n=6, d=4, seed=5)
+    np.testing.assert_allclose(b.decode(g), f @ b.W_dec[perm] + b.b_dec, rtol=1e-5, atol=1e-6)
+    inj = np.array([7, 1, 4])  # 3 features into a wider dictionary of 9
+    h = permute_codes(f[:, :3], inj, n_b=9)
+    assert h.shape == (5, 9) and not h[:, [0, 2, 3, 5, 6, 8]].any()
+    np.testing.assert_array_equal(h[:, inj], f[:, :3])
+    np.testing.assert_array_equal(compose(perm, perm), perm[perm])  # maps compose as functions
+
+
+def test_top1_is_the_row_argmin_of_the_cost_matrix():
+    a, b = random_sae(n=50, d=8, seed=1), random_sae(n=80, d=8, seed=2)
+    A, B = variant_vectors(a, b, Variant("folded"), rectangular=True)
+    cost = cost_matrix(A, B)
+    res = top1(*nearest(A, B, block=16), n_b=len(B))
+    np.testing.assert_array_equal(res.perm, cost.argmin(1))
+    np.testing.assert_allclose(res.match_cost, cost.min(1), rtol=1e-6)
+    assert res.kind == "many_to_one" and res.n_b == 80
+    ties = np.zeros((3, 4), np.float32)  # all rows equal: every row's nearest is the first
+    assert list(nearest(ties, ties[:1].repeat(4, 0))[0]) == [0, 0, 0]

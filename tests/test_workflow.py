@@ -233,6 +233,25 @@ def test_config_growth_runs_only_new_jobs(full_run, change, new_markers, new_exp
         assert not [o for r, o in jobs if r in aggregates and "width_128" in o]
 
 
+def test_adding_a_wider_width_and_its_pair_runs_only_its_jobs(full_run):
+    """A complete 128-only run, then width 256 (planted by splitting 128) and the pair
+    [128, 256]: only 256's own jobs, the cross-width jobs and the aggregates are planned; no job
+    of width 128 reruns."""
+    workdir, config, _ = full_run
+    grown = copy.deepcopy(config)
+    grown["widths"]["256"] = {"folder": "planted"}
+    grown["source"]["synthetic"]["split_from"] = {"256": "128"}
+    grown["cross_width"] = [["128", "256"]]
+    jobs = dry_run_jobs(workdir, grown)
+    aggregates = {"metrics_table", "cross_table", "semantic_table", "all"}
+    assert all("width_256" in out or "128-256" in out for rule, out in jobs
+               if rule not in aggregates), jobs
+    assert not [out for _, out in jobs if "width_128" in out]
+    planned = [rule for rule, _ in jobs]
+    assert planned.count("cross_links") == planned.count("cross_assign") == 4 + 3
+    assert planned.count("plant_sae") == 4 and "cross_figure" in planned
+
+
 def test_reordered_config_keys_rerun_nothing(full_run):
     """Params are compared by their text: a config written back with its keys in another order
     (as YAML tools do) must plan no job; with a width added, only that width's jobs."""
