@@ -286,12 +286,18 @@ def evidence_by_layer(wc):
                                       layer=layer) for layer in LAYERS}
 
 
+def semantic_file(variant, width, a, b):
+    """The semantic scores of one variant's matches of one layer pair."""
+    return path_of("semantic_pair", f"scores_{variant}", width=width, a=a, b=b)
+
+
 def semantic_input(wc):
+    pair = [(wc.a, wc.b)]
     inputs = {
         "evidence_a": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.a),
         "evidence_b": path_of("feature_evidence", "evidence", width=wc.width, layer=wc.b),
-        "assignment": path_of("assign", "assignment", **dict(wc.items())),
-        "metrics": path_of("pair_metrics", "metrics", **dict(wc.items())),
+        "assignments": pair_files("assign", "assignment", wc.width, VARIANTS, pair),
+        "metrics": pair_files("pair_metrics", "metrics", wc.width, VARIANTS, pair),
     }
     if SOURCE == "trained":  # activation correlation on the held-out text
         inputs.update(sae_a=sae_source(wc.a, wc.width), sae_b=sae_source(wc.b, wc.width),
@@ -308,7 +314,8 @@ def explorer_input(wc):
         "chains": path_of("persistence", "chains", width=wc.width),
     }
     if SEMANTIC:  # every variant's scores (the page's per-pair chart)
-        inputs["semantic"] = pair_files("semantic_pair", "scores", wc.width, VARIANTS, PAIRS)
+        inputs["semantic"] = [semantic_file(v, wc.width, a, b) for v in VARIANTS
+                              for a, b in PAIRS]
     if JUDGE["enabled"]:
         inputs["judge_table"] = path_of("judge", "table", width=wc.width)
     return inputs

@@ -29,10 +29,13 @@ rule feature_evidence:
 
 
 rule semantic_pair:
+    """Every variant's matches of one layer pair in one job (one set of random pairs, one read
+    of the held-out activations); one file per variant."""
     input:
         unpack(semantic_input),
     output:
-        scores="results/explore/semantic/{variant}/width_{width}/{a}-{b}.h5",
+        **{f"scores_{v}": f"results/explore/semantic/{v}/width_{{width}}/{{a}}-{{b}}.h5"
+           for v in VARIANTS},
     params:
         null_samples=EXPLORE["semantic"]["null_samples"],
         seed=EXPLORE["semantic"]["seed"],
@@ -41,15 +44,15 @@ rule semantic_pair:
     conda:
         "../envs/core.yaml"
     log:
-        "logs/explore/semantic/{variant}/width_{width}/{a}-{b}.log",
+        "logs/explore/semantic/width_{width}/{a}-{b}.log",
     script:
         "../scripts/explore_semantic.py"
 
 
 rule semantic_table:
     input:
-        scores=lambda wc: [f for w in WIDTHS
-                           for f in pair_files("semantic_pair", "scores", w, VARIANTS, PAIRS)],
+        scores=lambda wc: [semantic_file(v, w, a, b) for w in WIDTHS for v in VARIANTS
+                           for a, b in PAIRS],
     output:
         table=report("results/explore/semantic/summary.tsv", caption="../report/semantic.rst",
                      category="Semantic agreement"),

@@ -213,9 +213,12 @@ def test_true_partners_score_above_the_null():
     inv = np.argsort(perm)
     ev_b = E.Evidence(layer=1, threshold=np.ones(n), ctx_tokens=firing[inv][:, :, None],
                       logit_top=logit[inv])
-    scores = S.pair_scores(ev_a, ev_b, perm, null_samples=4, seed=1)
+    scores = S.pair_scores(ev_a, ev_b, {"true": perm, "random": rng.permutation(n)},
+                           null_samples=4, seed=1)
     for name in ("context_tokens", "logit_tokens"):
-        score, null = scores[name]
+        assert scores["true"][name][1] is scores["random"][name][1]  # one null for all
+        assert np.nanmean(scores["random"][name][0]) < 0.1
+        score, null = scores["true"][name]
         np.testing.assert_allclose(score, 1.0)
         row = S.summarize(score, null, np.ones(n, bool))
         assert row["frac_above_null95"] == 1.0 and row["null_mean"] < 0.1

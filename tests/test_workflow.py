@@ -209,15 +209,16 @@ def test_certified_solver_gives_the_dense_answer(full_run, tmp_path):
 
 @pytest.mark.parametrize("change, new_markers, new_explore_jobs", [
     (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",),
-     {"feature_evidence": 4, "semantic_pair": 12, "explorer": 1}),
+     {"feature_evidence": 4, "semantic_pair": 3, "explorer": 1}),
     (lambda c: c["layers"].append(4), ("3-4", "2-4", "layer_4"),  # 2-4: direct, distance 2
-     {"feature_evidence": 1, "semantic_pair": 4, "explorer": 1}),
+     {"feature_evidence": 1, "semantic_pair": 1, "explorer": 1}),
     (lambda c: c["variants"].update({"decoder_only": {"terms": ["decoder"]}}), ("decoder_only",),
      {"semantic_pair": 3, "explorer": 1}),
 ])
 def test_config_growth_runs_only_new_jobs(full_run, change, new_markers, new_explore_jobs):
-    """Evidence is keyed by width x layer and semantic scores by width x variant x pair, so a
-    new width, layer or variant adds exactly its own explore jobs (plus the aggregates)."""
+    """Evidence is keyed by width x layer and semantic scores by width x pair (every variant
+    of a pair in one job, one file per variant), so a new width or layer adds exactly its own
+    explore jobs, and a new variant reruns the width's semantic jobs (plus the aggregates)."""
     workdir, config, _ = full_run
     grown = copy.deepcopy(config)
     change(grown)

@@ -91,26 +91,32 @@ def null_perms(n: int, samples: int, seed: int) -> list[np.ndarray]:
     return [rng.permutation(n) for _ in range(samples)]
 
 
-def pair_scores(ev_a: Evidence, ev_b: Evidence, perm: np.ndarray, *, null_samples: int = 5,
-                seed: int = 0,
+def pair_scores(ev_a: Evidence, ev_b: Evidence, perms: dict[str, np.ndarray], *,
+                null_samples: int = 5, seed: int = 0,
                 correlate: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
-                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``score -> (per matched pair [n], null [n * null_samples])`` for every score the
-    evidence allows; ``correlate(perms)`` gives activation correlations (see
+                ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """For each matching of ``perms`` (name -> perm): ``score -> (per matched pair [n], null
+    [n * null_samples])`` for every score the evidence allows; the null (random pairs) is the
+    same for all of them. ``correlate(perms)`` gives activation correlations (see
     :func:`activation_correlations`) where held-out activations are at hand."""
-    nulls = null_perms(len(perm), null_samples, seed)
-    out = {}
+    n = len(next(iter(perms.values())))
+    nulls = null_perms(n, null_samples, seed)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {name: {} for name in perms}
     sets = []
     if ev_a.has_contexts and ev_b.has_contexts:
         sets.append(("context_tokens", token_sets(ev_a.firing_tokens()),
                      token_sets(ev_b.firing_tokens())))
     if ev_a.has_logit_lens and ev_b.has_logit_lens:
         sets.append(("logit_tokens", token_sets(ev_a.logit_top), token_sets(ev_b.logit_top)))
-    for name, a, b in sets:
-        out[name] = (jaccard(a, b, perm), np.concatenate([jaccard(a, b, p) for p in nulls]))
+    for score, a, b in sets:
+        null = np.concatenate([jaccard(a, b, p) for p in nulls])
+        for name, perm in perms.items():
+            out[name][score] = (jaccard(a, b, perm), null)
     if correlate is not None:
-        corr = correlate([perm, *nulls])
-        out["activation_corr"] = (corr[0], corr[1:].ravel())
+        corr = correlate([*perms.values(), *nulls])
+        null = corr[len(perms):].ravel()
+        for k, name in enumerate(perms):
+            out[name]["activation_corr"] = (corr[k], null)
     return out
 
 

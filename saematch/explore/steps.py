@@ -10,6 +10,7 @@ import numpy as np
 
 from ..assign import read_assignment
 from ..atomic import PathLike, write_tsv
+from ..errors import SAEMatchError
 from ..metrics import read_pair_metrics
 from ..results import index_pairs, pick, read_pair_key, variants_of
 from ..sae import load_sae
@@ -45,37 +46,42 @@ def _stack(paths: Sequence[PathLike], layer: int) -> np.ndarray:
     return np.concatenate([read_activations(p, layer) for p in paths])
 
 
-def semantic_step(evidence_a: PathLike, evidence_b: PathLike, assignment: PathLike,
-                  metrics: PathLike, out: PathLike, *, null_samples: int, seed: int,
-                  sae_a: PathLike | None = None, sae_b: PathLike | None = None,
-                  activations: Sequence[PathLike] = ()) -> None:
-    """Semantic scores of one pair's matches and of random pairs (see
-    :mod:`saematch.explore.semantic`); activation correlation where held-out activations and
-    the two SAEs are given."""
+def semantic_step(evidence_a: PathLike, evidence_b: PathLike, assignments: Sequence[PathLike],
+                  metrics: Sequence[PathLike], outputs: dict[str, PathLike], *,
+                  null_samples: int, seed: int, sae_a: PathLike | None = None,
+                  sae_b: PathLike | None = None, activations: Sequence[PathLike] = ()) -> None:
+    """Semantic scores of one layer pair's matches, for every variant of ``outputs`` (variant
+    -> output file), against one set of random pairs (see :mod:`saematch.explore.semantic`);
+    activation correlation where held-out activations and the two SAEs are given. Assignment
+    and metrics files are found by what they record."""
     from .evidence import read_evidence
     from .semantic import activation_correlations, pair_scores, write_pair_scores
 
     ev_a, ev_b = read_evidence(evidence_a), read_evidence(evidence_b)
-    perm = read_assignment(assignment).perm
-    key = read_pair_key(assignment)
-    layers = (key.layer_a, key.layer_b)
-    matched = read_pair_metrics(metrics)[0]["matched"]
+    asg, met = index_pairs(assignments), index_pairs(metrics)
+    keys = {k.variant: k for k in asg if k.variant in outputs}
+    missing = sorted(set(outputs) - set(keys))
+    if missing or not keys:
+        raise SAEMatchError(f"no assignment among the inputs for variant(s) {missing}")
+    perms = {v: read_assignment(asg[k]).perm for v, k in keys.items()}
     correlate = None
     if activations:
+        key = next(iter(keys.values()))
         a, b = load_sae(sae_a), load_sae(sae_b)
-        x_a, x_b = _stack(activations, layers[0]), _stack(activations, layers[1])
+        x_a, x_b = _stack(activations, key.layer_a), _stack(activations, key.layer_b)
 
         def correlate(perms):
             return activation_correlations(a, b, x_a, x_b, perms)
 
-    scores = pair_scores(ev_a, ev_b, perm, null_samples=null_samples, seed=seed,
+    scores = pair_scores(ev_a, ev_b, perms, null_samples=null_samples, seed=seed,
                          correlate=correlate)
-    for name, (score, null) in scores.items():
-        log.info("L%d->L%d %s: mean %.4f (null %.4f) over %d defined pairs", *layers, name,
-                 np.nanmean(score) if np.isfinite(score).any() else np.nan,
-                 np.nanmean(null) if np.isfinite(null).any() else np.nan,
-                 int(np.isfinite(score).sum()))
-    write_pair_scores(out, scores, matched, key)
+    for v, key in keys.items():
+        for name, (score, null) in scores[v].items():
+            log.info("%s %s: mean %.4f (null %.4f) over %d defined pairs", key, name,
+                     np.nanmean(score) if np.isfinite(score).any() else np.nan,
+                     np.nanmean(null) if np.isfinite(null).any() else np.nan,
+                     int(np.isfinite(score).sum()))
+        write_pair_scores(outputs[v], scores[v], read_pair_metrics(met[key])[0]["matched"], key)
 
 
 def semantic_table_step(files: Sequence[PathLike], table: PathLike, figure: PathLike) -> None:
