@@ -54,17 +54,17 @@ def corpus_step(model_dir: PathLike, dataset: str, source: dict, seq_len: int,
         write_corpus(out, corpus)
 
 
-def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, layers: Sequence[int],
-                     batch_size: int, out: PathLike) -> None:
-    """Residual stream after each layer (Gemma Scope's hook_resid_post), BOS excluded."""
+def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, batch_size: int,
+                     dtype: str, out: PathLike) -> None:
+    """Residual stream after every layer (Gemma Scope's hook_resid_post), BOS excluded."""
     from .activations import collect_activations
     from .model import load_model
     from .text import read_corpus
 
     lm, _ = load_model(_model_spec(model, model_dir))
     c = read_corpus(corpus)
-    collect_activations(lm, c.tokens, list(layers), out, bos_token_id=c.meta["bos_token_id"],
-                        batch_size=batch_size, attrs={"corpus": str(corpus)})
+    collect_activations(lm, c.tokens, out, bos_token_id=c.meta["bos_token_id"],
+                        batch_size=batch_size, dtype=dtype, attrs={"corpus": str(corpus)})
 
 
 def _stack(paths: Sequence[PathLike], layer: int) -> np.ndarray:
