@@ -19,6 +19,7 @@ substitution and Matching Score on chosen pairs), report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ VARIANTS = [Variant("folded"), Variant("unfolded", folded=False),
             Variant("cosine", terms=("decoder",), folded=False, metric="cosine"),
             Variant("identity", method="identity")]
 DATASETS = ("prose", "code")
+# Every TrainConfig hyperparameter is a command-line option that defaults to TrainConfig's.
+TRAIN_FIELDS = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("n_features", "seed")]
 
 
 @contextmanager
@@ -109,16 +112,16 @@ class Bench:
 
     def stage_acts(self) -> None:
         model, tok = self.model()
-        layers = list(range(model.config.num_hidden_layers))
         r = self.res.setdefault("acts", {})
         for name in DATASETS:
             for split in self.a.acts_splits:
                 c = read_corpus(self.dir / f"corpus_{name}_{split}.h5")
                 key = f"{name}_{split}"
                 with timed(r, key):
-                    collect_activations(model, c.tokens, layers,
-                                        self.dir / f"acts_{name}_{split}.h5",
-                                        bos_token_id=tok.bos_token_id, attrs=c.meta)
+                    collect_activations(model, c.tokens, self.dir / f"acts_{name}_{split}.h5",
+                                        bos_token_id=tok.bos_token_id, attrs=c.meta,
+                                        dtype=self.a.train_dtype if split == "train"
+                                        else "float32")
                 r[key]["tokens"] = int(c.tokens.size)
                 r[key]["tokens_per_s_wall"] = c.tokens.size / r[key]["wall_s"]
                 self.save()
@@ -133,11 +136,10 @@ class Bench:
         return (x if n_train is None else x[:n_train]), ev
 
     def config(self, n: int, layer: int) -> TrainConfig:
-        return TrainConfig(n_features=n, seed=self.a.seed + layer,
-                           l0_coeff=self.a.l0_coeff, lr=self.a.lr,
-                           threshold_lr=self.a.threshold_lr,
-                           batch_size=self.a.batch_size, epochs=self.a.epochs,
-                           init_threshold=self.a.init_threshold, bandwidth=self.a.bandwidth)
+        """TrainConfig's defaults (the default run's) unless overridden on the command line."""
+        given = {f.name: getattr(self.a, f.name) for f in TRAIN_FIELDS
+                 if getattr(self.a, f.name) is not None}
+        return TrainConfig(n_features=n, seed=self.a.seed + layer, **given)
 
     def stage_sweep(self) -> None:
         r = self.res.setdefault("sweep", {})
@@ -285,29 +287,28 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--eval-fraction", type=float, default=0.2)
-    p.add_argument("--train-tokens", type=int, default=65536, help="per dataset")
+    p.add_argument("--train-tokens", type=int, default=12288, help="per dataset")
     p.add_argument("--eval-tokens", type=int, default=4096, help="per dataset")
+    p.add_argument("--train-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="storage of the train split's activations (eval: float32)")
     p.add_argument("--train-seqs-per-file", type=int, default=4)
     p.add_argument("--eval-seqs-per-file", type=int, default=1,
                    help="1: every eval sequence from a different file (better error bars)")
     p.add_argument("--acts-splits", nargs="+", default=["train", "eval"])
     p.add_argument("--train-use", type=int, default=None,
                    help="training activations used per SAE (default: all)")
-    p.add_argument("--widths", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="layers the train stage trains (default: all)")
-    p.add_argument("--l0-coeff", type=float, default=TrainConfig.l0_coeff)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=0,
                    help="base seed; layer L trains with seed + L, as the workflow does")
-    p.add_argument("--threshold-lr", type=float, default=TrainConfig.threshold_lr)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
-    p.add_argument("--init-threshold", type=float, default=TrainConfig.init_threshold)
-    p.add_argument("--bandwidth", type=float, default=TrainConfig.bandwidth)
+    parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+    for f in TRAIN_FIELDS:
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=parse[f.type],
+                       default=None, help=f"TrainConfig.{f.name} (default {f.default})")
     p.add_argument("--sweep-layer", type=int, default=9)
-    p.add_argument("--sweep-widths", type=int, nargs="+", default=[512, 1024, 2048])
-    p.add_argument("--sweep-tokens", type=int, nargs="+", default=[32768, 65536, 131072])
+    p.add_argument("--sweep-widths", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--sweep-tokens", type=int, nargs="+", default=[8192, 16384, 24576])
     p.add_argument("--pairs", type=int, nargs="+", default=[2, 8, 15])
     p.add_argument("--subst-width", type=int, default=-1, help="index into --widths")
     p.add_argument("--subst-seqs", type=int, default=8, help="eval sequences per dataset")

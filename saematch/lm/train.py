@@ -73,7 +73,7 @@ class TrainConfig:
     lr: float = 4e-3  # Adam, for W_enc, b_enc, W_dec, b_dec
     threshold_lr: float = 0.02  # Adam, for log_threshold (moves it by about this per step)
     batch_size: int = 256
-    epochs: float = 4.0  # passes over the training activations
+    epochs: float = 3.0  # passes over the training activations
     bandwidth: float = 0.1  # epsilon of the rectangle kernel, in transformed units
     l0_control: float = 0.2  # log-thresholds move by this times log(L0 / target_l0) per step
     min_firing_rate: float = 2e-3  # floor on each feature's firing rate; 0 disables it
