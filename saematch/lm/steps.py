@@ -81,11 +81,12 @@ def train_step(train: Sequence[PathLike], evals: Sequence[PathLike], layer: int,
     shared seed every layer would start from the same initial dictionary, and after a short
     training the identity permutation would look like a good matching for no real reason.
     """
+    from ..device import pick_device
     from .train import TrainConfig, quality_flag, train_sae
 
     cfg = TrainConfig(n_features=n_features, seed=seed + layer, **hyper)
     sae, card = train_sae(_stack(train, layer), _stack(evals, layer), cfg,
-                          source=str(out_params))
+                          device=pick_device("auto"), source=str(out_params))
     card.update(layer=layer, train_files=[str(p) for p in train],
                 eval_files=[str(p) for p in evals], flags=quality_flag(card))
     if card["flags"]:

@@ -185,7 +185,7 @@ def train_sae(x_train: np.ndarray, x_eval: np.ndarray, cfg: TrainConfig, *,
     if not 0 < cfg.target_l0 < cfg.n_features:
         raise SAEMatchError(f"target_l0 must be in (0, n_features={cfg.n_features}), got "
                             f"{cfg.target_l0}")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = torch.device(device)
     d, n = x_train.shape[1], cfg.n_features
@@ -225,7 +225,7 @@ def train_sae(x_train: np.ndarray, x_eval: np.ndarray, cfg: TrainConfig, *,
             sae.log_threshold += cfg.l0_control * math.log(max(l0, 1e-3) / cfg.target_l0)
             firing_rate.lerp_(counts / len(idx), 1.0 / RATE_WINDOW)
             sae.log_threshold[firing_rate < cfg.min_firing_rate] -= cfg.threshold_lr
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
 
     p = {k: v.detach().cpu().double().numpy() for k, v in params.items()}
     mu = mean.numpy()
@@ -237,7 +237,9 @@ def train_sae(x_train: np.ndarray, x_eval: np.ndarray, cfg: TrainConfig, *,
                        source=source))
     card = {"hyperparameters": asdict(cfg), "seed": cfg.seed, "steps": steps,
             "tokens_seen": steps * cfg.batch_size, "n_train_tokens": int(len(x_train)),
-            "input_scale": scale, "d_model": d, "train_seconds": train_s,
+            "input_scale": scale, "d_model": d, "device": str(dev), "train_seconds": train_s,
+            # CPU-seconds of this process: the cost, even on a machine shared with other jobs.
+            "train_cpu_seconds": train_cpu_s,
             **sae_stats(out, np.asarray(x_eval, dtype=np.float32))}
     return out, card
 
