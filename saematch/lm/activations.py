@@ -86,8 +86,8 @@ def collect_activations(model: nn.Module, tokens: np.ndarray, path: str | os.Pat
 
     Tokens are stored in sequence-major order (all non-BOS positions of sequence 0, then 1, ...);
     ``keep`` [n_seq, seq_len] (bool) records which positions were stored. ``dtype`` bfloat16
-    halves the file; its relative rounding error (2**-9 per value) adds about 2e-5 to the FVU of
-    the centred residual, far below any SAE's. Memory is bounded by one batch of hidden states;
+    halves the file; its rounding (2**-9 relative per value) costs at most 4e-5 of FVU on Gemma
+    3 270M's residual, far below any SAE's. Memory is bounded by one batch of hidden states;
     the file is written atomically.
     """
     if dtype not in STORAGE_DTYPES:
