@@ -37,9 +37,9 @@ range, no dead features) by control rather than by tuning per layer:
   log-threshold drops by ``threshold_lr`` per step (one Adam step's worth, so a reviving
   feature cannot out-compete trained ones), until it fires on its best-matching tokens again
   and the reconstruction gradient can reshape it. Layer 0, width 1024, 4 epochs: 34% of
-  features dead on held-out text without it, 0.6% with it, same FVU. (Resampling dead features along the
-  reconstruction error, Bricken et al. 2023, raised it from 19% to 52% in an earlier version
-  of this recipe: re-seeded features disturbed the L0 control and died again.)
+  features dead on held-out text without it, 0.6% with it, same FVU. (Resampling dead
+  features along the reconstruction error, Bricken et al. 2023, raised it from 19% to 52% in
+  an earlier version of this recipe: re-seeded features upset the L0 control and died again.)
 - Schedule: Adam (fused), linear warm-up of the learning rate over ``lr_warmup`` and linear
   decay over ``lr_decay`` of the steps; the threshold learning rate decays alike.
 - Gradients are written out (the same pseudo-derivatives), 1.3x cheaper than autograd on CPU,
