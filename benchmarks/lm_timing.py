@@ -19,6 +19,7 @@ substitution and Matching Score on chosen pairs), report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from saematch.features import Variant, variant_vectors
 from saematch.lm.activations import collect_activations, read_activations
 from saematch.lm.matching_score import matching_score
 from saematch.lm.model import ModelSpec, export_model, load_model
-from saematch.lm.substitution import evaluate_substitutions, standard_makers, transfer, true_state
+from saematch.lm.substitution import standard_makers, transfer, true_state
 from saematch.lm.text import build_corpus, default_sources, read_corpus, split_files, write_corpus
 from saematch.lm.train import TrainConfig, quality_flag, train_sae
 from saematch.sae import load_sae, save_sae
@@ -44,6 +45,8 @@ VARIANTS = [Variant("folded"), Variant("unfolded", folded=False),
             Variant("cosine", terms=("decoder",), folded=False, metric="cosine"),
             Variant("identity", method="identity")]
 DATASETS = ("prose", "code")
+# Every TrainConfig hyperparameter is a command-line option that defaults to TrainConfig's.
+TRAIN_FIELDS = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("n_features", "seed")]
 
 
 @contextmanager
@@ -109,16 +112,16 @@ class Bench:
 
     def stage_acts(self) -> None:
         model, tok = self.model()
-        layers = list(range(model.config.num_hidden_layers))
         r = self.res.setdefault("acts", {})
         for name in DATASETS:
             for split in self.a.acts_splits:
                 c = read_corpus(self.dir / f"corpus_{name}_{split}.h5")
                 key = f"{name}_{split}"
                 with timed(r, key):
-                    collect_activations(model, c.tokens, layers,
-                                        self.dir / f"acts_{name}_{split}.h5",
-                                        bos_token_id=tok.bos_token_id, attrs=c.meta)
+                    collect_activations(model, c.tokens, self.dir / f"acts_{name}_{split}.h5",
+                                        bos_token_id=tok.bos_token_id, attrs=c.meta,
+                                        dtype=self.a.train_dtype if split == "train"
+                                        else "float32")
                 r[key]["tokens"] = int(c.tokens.size)
                 r[key]["tokens_per_s_wall"] = c.tokens.size / r[key]["wall_s"]
                 self.save()
@@ -133,11 +136,10 @@ class Bench:
         return (x if n_train is None else x[:n_train]), ev
 
     def config(self, n: int, layer: int) -> TrainConfig:
-        return TrainConfig(n_features=n, seed=self.a.seed + layer,
-                           l0_coeff=self.a.l0_coeff, lr=self.a.lr,
-                           threshold_lr=self.a.threshold_lr,
-                           batch_size=self.a.batch_size, epochs=self.a.epochs,
-                           init_threshold=self.a.init_threshold, bandwidth=self.a.bandwidth)
+        """TrainConfig's defaults (the default run's) unless overridden on the command line."""
+        given = {f.name: getattr(self.a, f.name) for f in TRAIN_FIELDS
+                 if getattr(self.a, f.name) is not None}
+        return TrainConfig(n_features=n, seed=self.a.seed + layer, **given)
 
     def stage_sweep(self) -> None:
         r = self.res.setdefault("sweep", {})
@@ -196,39 +198,55 @@ class Bench:
         self.save()
 
     def stage_subst(self) -> None:
+        """EV and Delta L of every substitute on chosen pairs, as the workflow's substitution
+        jobs compute them (states from the stored activations, only later blocks rerun)."""
+        from saematch.bootstrap import explained_variance
+        from saematch.lm.substitution import (
+            Tail,
+            clean_loss,
+            delta_loss,
+            loss_mask,
+            sequence_moments,
+            squared_errors,
+        )
+
         model, tok = self.model()
+        tail = Tail(model, tok.bos_token_id)
         n = self.a.widths[self.a.subst_width]
         r = self.res.setdefault("subst", {})
         for name in DATASETS:
             tokens = read_corpus(self.dir / f"corpus_{name}_eval.h5").tokens[:self.a.subst_seqs]
-            pairs = {}
-            for t in self.a.pairs:
-                sa, sb = (load_sae(self.dir / f"sae/L{k}_n{n}/params.npz") for k in (t, t + 1))
-                perms = {v.name: np.load(self.dir / f"sae/perm_L{t}_n{n}_{v.name}.npy")
-                         for v in VARIANTS}
-                makers = standard_makers(sa, sb, perms)
-                makers["transfer_folded_rawcodes"] = transfer(sa, sb, perms["folded"],
-                                                              folded=False)
-                makers["true_state"] = true_state
-                pairs[t] = makers
+            keep = tokens != tok.bos_token_id
+            seq = np.repeat(np.arange(len(tokens)), keep.sum(1))
+            mask = loss_mask(tokens, tok.bos_token_id, self.a.loss_stride)
             rec: dict[str, Any] = {}
-            with timed(rec, "clean_only"):  # the clean pass alone, to split off per-substitute cost
-                evaluate_substitutions(model, tokens, {0: {}}, bos_token_id=tok.bos_token_id,
-                                       loss_stride=self.a.loss_stride, progress=False)
+            with timed(rec, "clean"):
+                clean = clean_loss(tail, tokens, mask, progress=False)
+            out: dict[int, dict[str, Any]] = {}
             with timed(rec, "time"):
-                out = evaluate_substitutions(model, tokens, pairs, bos_token_id=tok.bos_token_id,
-                                             loss_stride=self.a.loss_stride)
-            rec["n_substitutes"] = sum(len(m) for m in pairs.values())
+                for t in self.a.pairs:
+                    sa, sb = (load_sae(self.dir / f"sae/L{k}_n{n}/params.npz") for k in (t, t + 1))
+                    perms = {v.name: np.load(self.dir / f"sae/perm_L{t}_n{n}_{v.name}.npy")
+                             for v in VARIANTS}
+                    makers = standard_makers(sa, sb, perms)
+                    makers["transfer_folded_rawcodes"] = transfer(sa, sb, perms["folded"],
+                                                                  folded=False)
+                    makers["true_state"] = true_state
+                    x_a, x_b = (read_activations(self.dir / f"acts_{name}_eval.h5", L)[:len(seq)]
+                                for L in (t, t + 1))
+                    subs = {k: m(x_a, x_b) for k, m in makers.items()}
+                    mom = sequence_moments(x_b, seq, len(tokens))
+                    dl = delta_loss(tail, tokens, mask, clean, t + 1, subs, progress=False)
+                    out[t] = {k: {"ev": explained_variance(
+                                      squared_errors(sub, x_b, seq, len(tokens)), **mom),
+                                  "delta_loss": float(dl[k].sum() / mask.sum())}
+                              for k, sub in subs.items()}
+                    for v in VARIANTS:
+                        ms = matching_score(sa, sb, x_a, x_b, perms[v.name])
+                        out[t][f"transfer_{v.name}"].update(matching_score=ms.score,
+                                                            matching_null=ms.null)
+            rec["n_substitutes"] = sum(len(m) for m in out.values())
             rec["tokens"] = int(tokens.size)
-            x_ev = {L: read_activations(self.dir / f"acts_{name}_eval.h5", L)
-                    for t in self.a.pairs for L in (t, t + 1)}
-            for t in self.a.pairs:
-                sa, sb = (load_sae(self.dir / f"sae/L{k}_n{n}/params.npz") for k in (t, t + 1))
-                for v in VARIANTS:
-                    p = np.load(self.dir / f"sae/perm_L{t}_n{n}_{v.name}.npy")
-                    ms = matching_score(sa, sb, x_ev[t], x_ev[t + 1], p)
-                    out[t][f"transfer_{v.name}"].update(matching_score=ms.score,
-                                                        matching_null=ms.null)
             r[f"{name}_n{n}"] = {"timing": rec, "pairs": {str(t): v for t, v in out.items()}}
             print(f"subst {name}: {rec}", flush=True)
             self.save()
@@ -260,14 +278,13 @@ class Bench:
                   f"[{v['time']['cpu_s']:.1f}]")
         for name, d in res.get("subst", {}).items():
             tm = d["timing"]
-            per_sub = (tm["time"]["cpu_s"] - tm["clean_only"]["cpu_s"]) / tm["n_substitutes"]
+            per_sub = tm["time"]["cpu_s"] / tm["n_substitutes"]
             print(f"\n== substitution, {name}: {tm['n_substitutes']} substitutes on "
                   f"{tm['tokens']} tokens, {tm['time']['wall_s']:.1f} "
-                  f"[{tm['time']['cpu_s']:.1f}] s; clean pass [{tm['clean_only']['cpu_s']:.1f}]"
+                  f"[{tm['time']['cpu_s']:.1f}] s; clean loss [{tm['clean']['cpu_s']:.1f}]"
                   f", per substitute [{per_sub:.2f}] s ==")
             for t, makers in sorted(d["pairs"].items(), key=lambda kv: int(kv[0])):
-                print(f"pair {t}->{int(t) + 1}  (clean CE "
-                      f"{next(iter(makers.values()))['ce_clean']:.3f})")
+                print(f"pair {t}->{int(t) + 1}")
                 for m, v in makers.items():
                     ms = (f"  MS {v['matching_score']:.3f} (null {v['matching_null']:.3f})"
                           if "matching_score" in v else "")
@@ -285,29 +302,28 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--eval-fraction", type=float, default=0.2)
-    p.add_argument("--train-tokens", type=int, default=65536, help="per dataset")
+    p.add_argument("--train-tokens", type=int, default=12288, help="per dataset")
     p.add_argument("--eval-tokens", type=int, default=4096, help="per dataset")
+    p.add_argument("--train-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="storage of the train split's activations (eval: float32)")
     p.add_argument("--train-seqs-per-file", type=int, default=4)
     p.add_argument("--eval-seqs-per-file", type=int, default=1,
                    help="1: every eval sequence from a different file (better error bars)")
     p.add_argument("--acts-splits", nargs="+", default=["train", "eval"])
     p.add_argument("--train-use", type=int, default=None,
                    help="training activations used per SAE (default: all)")
-    p.add_argument("--widths", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="layers the train stage trains (default: all)")
-    p.add_argument("--l0-coeff", type=float, default=TrainConfig.l0_coeff)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=0,
                    help="base seed; layer L trains with seed + L, as the workflow does")
-    p.add_argument("--threshold-lr", type=float, default=TrainConfig.threshold_lr)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
-    p.add_argument("--init-threshold", type=float, default=TrainConfig.init_threshold)
-    p.add_argument("--bandwidth", type=float, default=TrainConfig.bandwidth)
+    parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+    for f in TRAIN_FIELDS:
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=parse[f.type],
+                       default=None, help=f"TrainConfig.{f.name} (default {f.default})")
     p.add_argument("--sweep-layer", type=int, default=9)
-    p.add_argument("--sweep-widths", type=int, nargs="+", default=[512, 1024, 2048])
-    p.add_argument("--sweep-tokens", type=int, nargs="+", default=[32768, 65536, 131072])
+    p.add_argument("--sweep-widths", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--sweep-tokens", type=int, nargs="+", default=[8192, 16384, 24576])
     p.add_argument("--pairs", type=int, nargs="+", default=[2, 8, 15])
     p.add_argument("--subst-width", type=int, default=-1, help="index into --widths")
     p.add_argument("--subst-seqs", type=int, default=8, help="eval sequences per dataset")

@@ -43,8 +43,9 @@ rule lm_activations:
         activations="results/lm/activations/{dataset}_{split}.h5",
     params:
         model=canonical(LM.get("model")),
-        layers=LAYERS,
         batch_size=LM.get("activations_batch_size"),
+        # Evaluation (held-out FVU, substitution, Matching Score) reads exact float32 states.
+        dtype=lambda wc: LM["train_activations_dtype"] if wc.split == "train" else "float32",
     resources:
         gpu=1,
     log:

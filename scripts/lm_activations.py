@@ -3,5 +3,5 @@ from saematch.lm.steps import activations_step
 from saematch.workflow import run
 
 run(snakemake, lambda s: activations_step(  # noqa: F821
-    s.input.model, s.params.model, s.input.corpus, s.params.layers, s.params.batch_size,
+    s.input.model, s.params.model, s.input.corpus, s.params.batch_size, s.params.dtype,
     s.output.activations))

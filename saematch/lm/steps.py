@@ -64,17 +64,17 @@ def corpus_step(model_dir: PathLike, dataset: str, source: dict, seq_len: int,
         write_corpus(out, corpus)
 
 
-def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, layers: Sequence[int],
-                     batch_size: int, out: PathLike) -> None:
-    """Residual stream after each layer (Gemma Scope's hook_resid_post), BOS excluded."""
+def activations_step(model_dir: PathLike, model: dict, corpus: PathLike, batch_size: int,
+                     dtype: str, out: PathLike) -> None:
+    """Residual stream after every layer (Gemma Scope's hook_resid_post), BOS excluded."""
     from .activations import collect_activations
     from .model import load_model
     from .text import read_corpus
 
     lm, _ = load_model(_model_spec(model, model_dir))
     c = read_corpus(corpus)
-    collect_activations(lm, c.tokens, list(layers), out, bos_token_id=c.meta["bos_token_id"],
-                        batch_size=batch_size,
+    collect_activations(lm, c.tokens, out, bos_token_id=c.meta["bos_token_id"],
+                        batch_size=batch_size, dtype=dtype,
                         attrs={"corpus": str(corpus), "dataset": c.meta["dataset"]})
 
 
@@ -92,11 +92,12 @@ def train_step(train: Sequence[PathLike], evals: Sequence[PathLike], layer: int,
     shared seed every layer would start from the same initial dictionary, and after a short
     training the identity permutation would look like a good matching for no real reason.
     """
+    from ..device import pick_device
     from .train import TrainConfig, quality_flag, train_sae
 
     cfg = TrainConfig(n_features=n_features, seed=seed + layer, **hyper)
     sae, card = train_sae(_stack(train, layer), _stack(evals, layer), cfg,
-                          source=str(out_params))
+                          device=pick_device("auto"), source=str(out_params))
     card.update(layer=layer, train_files=[str(p) for p in train],
                 eval_files=[str(p) for p in evals], flags=quality_flag(card))
     if card["flags"]:
