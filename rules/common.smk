@@ -330,6 +330,20 @@ def explore_targets():
     return targets
 
 
+def delta_loss_substitutes(width):
+    """The substitutes whose delta loss is measured at ``width`` (none: EV only, no model)."""
+    widths = SUBSTITUTION.get("delta_loss_widths")
+    return SUBSTITUTION["delta_loss_substitutes"] if widths is None or width in widths else []
+
+
+def delta_loss_input(wc):
+    """Delta loss reruns the model's later layers against the clean loss; EV needs neither."""
+    if not delta_loss_substitutes(wc.width):
+        return {}
+    return {"model": rules.export_model.output.model,
+            "clean": [path_of("clean_loss", "clean", dataset=d) for d in LM_DATASETS]}
+
+
 def all_targets():
     targets = [rules.metrics_table.output.table]
     for w in WIDTHS:

@@ -124,10 +124,9 @@ rule substitution:
     """Hidden-state substitution of one adjacent pair and width: EV of every substitute, delta
     loss of the chosen ones, bootstrap replicates over held-out sequences."""
     input:
-        model=rules.export_model.output.model,
+        unpack(delta_loss_input),
         corpora=[path_of("lm_corpus", "eval", dataset=d) for d in LM_DATASETS],
         activations=activations("eval"),
-        clean=[path_of("clean_loss", "clean", dataset=d) for d in LM_DATASETS],
         sae_a=lambda wc: sae_source(wc.a, wc.width),
         sae_b=lambda wc: sae_source(wc.b, wc.width),
         assignments=lambda wc: pair_files("assign", "assignment", wc.width, VARIANTS,
@@ -136,7 +135,7 @@ rule substitution:
         pair="results/lm/substitution/width_{width}/{a}-{b}.h5",
     params:
         model=canonical(LM.get("model")),
-        delta_loss_substitutes=SUBSTITUTION.get("delta_loss_substitutes"),
+        delta_loss_substitutes=lambda wc: delta_loss_substitutes(wc.width),
         batch_size=SUBSTITUTION.get("batch_size"),
         n_boot=BOOTSTRAP.get("samples"),
         seed=BOOTSTRAP.get("seed"),

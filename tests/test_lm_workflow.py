@@ -91,7 +91,8 @@ def test_adding_a_layer_runs_only_that_layers_work(lm_run):
     grown = {**config, "layers": [*config["layers"], 9]}
     jobs = dry_run_jobs(workdir, grown)
     aggregates = {"all", "metrics_table", "persistence", "figures", "lm_figures", "sae_quality",
-                  "quality_figure", "substitution_table", "matching_score_table"}
+                  "quality_figure", "substitution_table", "matching_score_table", "lm_digest",
+                  "semantic_table", "explorer"}
     new = [(rule, out) for rule, out in jobs if rule not in aggregates]
     assert {rule for rule, _ in new} >= {"train_sae", "fold", "assign", "substitution",
                                          "matching_score"}

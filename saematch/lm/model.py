@@ -8,9 +8,11 @@ optional ``gguf_file`` (transformers de-quantises GGUF weights to float on load)
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,32 @@ class ModelSpec:
         return str(path.parent), path.name
 
 
+@contextlib.contextmanager
+def _one_gguf_parse() -> Iterator[None]:
+    """Within the block, a GGUF file is parsed once however often it is opened.
+
+    transformers opens a GGUF file three times (config, tokenizer, weights) and each time
+    parses every metadata field; for Gemma 3's 262k-token vocabulary that is about two thirds
+    of a model export. The parsed reader is read-only, so the three loads can share it.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[str, Any] = {}
+
+    def shared(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = f"{Path(path).resolve()}|{args}|{sorted(kwargs.items())}"
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def load_model(spec: ModelSpec) -> tuple[nn.Module, Any]:
     """Model (eval mode, no grad needed) and tokenizer, on the spec's device and dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,8 +89,10 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, Any]:
     name, gguf = spec.source()
     kw = {"gguf_file": gguf} if gguf else {}
     try:
-        tok = AutoTokenizer.from_pretrained(name, **kw)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, spec.dtype), **kw)
+        with _one_gguf_parse() if gguf else contextlib.nullcontext():
+            tok = AutoTokenizer.from_pretrained(name, **kw)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, spec.dtype),
+                                                         **kw)
     except (OSError, ValueError) as exc:
         raise SAEMatchError(f"model {spec.name} (gguf_file={gguf}): cannot load ({exc})") from exc
     model.to(pick_device(spec.device)).eval()

@@ -129,16 +129,18 @@ def clean_loss_step(model_dir: PathLike, model: dict, corpus: PathLike, n_sequen
     write_clean_loss(out, ce, mask, {"dataset": c.meta["dataset"], "loss_stride": loss_stride})
 
 
-def substitution_step(model_dir: PathLike, model: dict, corpora: Sequence[PathLike],
-                      activations: Sequence[PathLike], clean: Sequence[PathLike],
+def substitution_step(corpora: Sequence[PathLike], activations: Sequence[PathLike],
                       sae_a: PathLike, sae_b: PathLike, assignments: Sequence[PathLike],
-                      pair: LayerPair, delta_loss_substitutes: Sequence[str], batch_size: int,
-                      n_boot: int, seed: int, out: PathLike) -> None:
+                      pair: LayerPair, out: PathLike, *, n_boot: int, seed: int,
+                      delta_loss_substitutes: Sequence[str] = (),
+                      model_dir: PathLike | None = None, model: dict | None = None,
+                      clean: Sequence[PathLike] = (), batch_size: int = 8) -> None:
     """EV of every substitute and delta loss of ``delta_loss_substitutes`` for one adjacent
     pair and width, per held-out dataset, with bootstrap replicates over sequences.
 
     EV uses every held-out sequence (no model needed); delta loss the sequences of the clean
-    loss files (the model reruns the layers after ``pair.layer_b`` for each substitute).
+    loss files (the model in ``model_dir`` reruns the layers after ``pair.layer_b`` for each
+    substitute).
     """
     from ..bootstrap import explained_variance, ratio, resample_weights
     from .model import load_model
