@@ -169,6 +169,13 @@ def test_evidence_file_round_trip(tmp_path):
     assert used <= set(back.vocab) and back.vocab[int(ev.logit_top[0, 0])] == \
         f"w{ev.logit_top[0, 0]}"
     assert back.datasets == ["prose", "code"] and back.ctx_offset == 2
+    # token texts HDF5 strings cannot hold (Gemma's vocabulary has a NUL token) survive exactly
+    tok = int(ev.logit_top[0, 0])
+    ev.vocab[tok] = "\x00"
+    ev.explanation[0] = "a\x00b é"
+    E.write_evidence(tmp_path / "ev2.h5", ev)
+    back = E.read_evidence(tmp_path / "ev2.h5")
+    assert back.vocab == ev.vocab and back.explanation == ev.explanation
 
 
 def test_jaccard_equals_python_sets():

@@ -332,6 +332,21 @@ _ARRAYS = ("freq", "mean_act", "ctx_tokens", "ctx_acts", "ctx_dataset", "logit_t
            "logit_top_val", "logit_bottom", "logit_bottom_val")
 
 
+def _write_strings(h5: h5py.File, name: str, texts: list[str]) -> None:
+    """Strings as one UTF-8 byte array ``{name}`` plus ``{name}_offsets``: HDF5's own
+    variable-length strings end at a NUL byte, and some tokens (Gemma's ``<0x00>``) are one."""
+    raw = [t.encode("utf-8") for t in texts]
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in raw], out=offsets[1:])
+    h5.create_dataset(name, data=np.frombuffer(b"".join(raw), dtype=np.uint8))
+    h5.create_dataset(f"{name}_offsets", data=offsets)
+
+
+def _read_strings(h5: h5py.File, name: str) -> list[str]:
+    raw, off = h5[name][()].tobytes(), h5[f"{name}_offsets"][()]
+    return [raw[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:])]
+
+
 def write_evidence(path: PathLike, ev: Evidence) -> None:
     """HDF5: ``threshold`` and whichever of ``freq``, ``mean_act``, ``ctx_*``, ``logit_*``,
     ``explanation`` exist; ``vocab_ids``/``vocab_text`` decode every token id used; attributes
@@ -343,12 +358,10 @@ def write_evidence(path: PathLike, ev: Evidence) -> None:
             if arr is not None:
                 h5.create_dataset(name, data=arr, compression="gzip", compression_opts=4)
         if ev.explanation is not None:
-            h5.create_dataset("explanation", data=np.array(ev.explanation, dtype=object),
-                              dtype=h5py.string_dtype())
+            _write_strings(h5, "explanation", ev.explanation)
         ids = np.array(sorted(ev.vocab), dtype=np.int32)
         h5.create_dataset("vocab_ids", data=ids)
-        h5.create_dataset("vocab_text", data=np.array([ev.vocab[i] for i in ids.tolist()],
-                                                      dtype=object), dtype=h5py.string_dtype())
+        _write_strings(h5, "vocab_text", [ev.vocab[i] for i in ids.tolist()])
         h5.attrs.update(layer=ev.layer, neuronpedia_id=ev.neuronpedia_id, n_tokens=ev.n_tokens,
                         datasets=json.dumps(ev.datasets), ctx_offset=ev.ctx_offset)
 
@@ -357,9 +370,8 @@ def read_evidence(path: PathLike) -> Evidence:
     try:
         with h5py.File(path, "r") as h5:
             arrays = {k: h5[k][()] for k in _ARRAYS if k in h5}
-            expl = [s.decode() for s in h5["explanation"][()]] if "explanation" in h5 else None
-            vocab = dict(zip(h5["vocab_ids"][()].tolist(),
-                             (s.decode() for s in h5["vocab_text"][()])))
+            expl = _read_strings(h5, "explanation") if "explanation" in h5 else None
+            vocab = dict(zip(h5["vocab_ids"][()].tolist(), _read_strings(h5, "vocab_text")))
             a = h5.attrs
             return Evidence(layer=int(a["layer"]), threshold=h5["threshold"][()],
                             neuronpedia_id=str(a["neuronpedia_id"]), n_tokens=int(a["n_tokens"]),

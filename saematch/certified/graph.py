@@ -1,0 +1,335 @@
+"""The candidate graph: one blockwise GEMM pass keeps every row's and column's best partners.
+
+For a pair (i, j) the GEMM gives ``g_ij = a_i . b_j`` and the cost is
+``c_ij = |a_i|^2 + |b_j|^2 - 2 g_ij`` (rounded as :func:`saematch.costs.cost_blocks` rounds
+it). Four lists of ``k`` pairs are kept, each with its k-th key as a bound for every pair it
+left out:
+
+- per row, by cost (key ``|b_j|^2 - 2 g_ij``) and by inner product (key ``-2 g_ij``);
+- per column, by cost (key ``|a_i|^2 - 2 g_ij``) and by inner product.
+
+Features without a counterpart are near-orthogonal to everything, so by raw cost they all pile
+onto the few smallest-norm partners; by inner product they do not, hence both. The bounds, for
+any pair outside the graph: ``c_ij >= max(row_kth[i], col_kth[j])`` and
+``c_ij >= |a_i|^2 + |b_j|^2 + max(row_kth_ip[i], col_kth_ip[j])``.
+
+Selection costs a few comparisons per GEMM output: on the CPU, numba kernels keep a bounded
+max-heap per row and per column and only touch it when a key beats the current k-th
+(both cores, one pass over each block); on CUDA, ``torch.topk`` of each block.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..atomic import atomic_path
+from ..device import pick_device
+from ..errors import SAEMatchError
+from .blocks import as_f32, gemm_blocks, sqnorms
+from .sparse_lap import njit
+
+try:
+    from numba import prange
+except ImportError:  # pragma: no cover
+    prange = range
+
+_INF = np.inf
+FORMAT = "saematch-candidates-v2"
+
+
+@dataclass
+class CandidateGraph:
+    """Sparse candidate pairs [n_rows, n_cols] with the bounds that cover every pair left out.
+
+    ``costs`` is a CSR matrix whose *stored* entries are the candidate pairs (explicit zeros
+    included: a zero cost is an edge). For any pair (i, j) not stored:
+    ``c_ij >= max(row_kth[i], col_kth[j])`` and
+    ``c_ij >= row_sq[i] + col_sq[j] + max(row_kth_ip[i], col_kth_ip[j])``.
+    """
+
+    costs: sp.csr_matrix  # [n_rows, n_cols] float32
+    row_kth: np.ndarray  # [n_rows] float64
+    col_kth: np.ndarray  # [n_cols] float64
+    row_kth_ip: np.ndarray  # [n_rows] float64, bound on c_ij - |a_i|^2 - |b_j|^2
+    col_kth_ip: np.ndarray  # [n_cols] float64
+    row_sq: np.ndarray  # [n_rows] float64, |a_i|^2 as the cost GEMM computes it
+    col_sq: np.ndarray  # [n_cols] float64, |b_j|^2
+    k: int
+
+    @property
+    def n(self) -> int:
+        return self.costs.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.costs.shape
+
+    @property
+    def nnz(self) -> int:
+        return int(self.costs.nnz)
+
+
+# ------------------------------------------------------------------ selection (numba, CPU)
+@njit(cache=True)
+def _heap_replace(hv, hi, hg, key, j, g):
+    """Replace the root (largest key) of one bounded max-heap and sift down."""
+    k = hv.shape[0]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        if child + 1 < k and hv[child + 1] > hv[child]:
+            child += 1
+        if hv[child] <= key:
+            break
+        hv[pos] = hv[child]
+        hi[pos] = hi[child]
+        hg[pos] = hg[child]
+        pos = child
+    hv[pos] = key
+    hi[pos] = j
+    hg[pos] = g
+
+
+@njit(parallel=True, cache=True)
+def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
+    """Rows r0.. of the block: keep the k smallest ``nb_j - 2 g`` (cost) and ``-2 g`` (ip)."""
+    r, w = G.shape
+    for t in prange(r):
+        i = r0 + t
+        top_c = hv_c[i, 0]
+        top_p = hv_p[i, 0]
+        for jj in range(w):
+            g = G[t, jj]
+            kp = -2.0 * np.float64(g)
+            kc = nb[c0 + jj] + kp
+            if kc < top_c:
+                _heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
+                top_c = hv_c[i, 0]
+            if kp < top_p:
+                _heap_replace(hv_p[i], hi_p[i], hg_p[i], kp, c0 + jj, g)
+                top_p = hv_p[i, 0]
+
+
+@njit(parallel=True, cache=True)
+def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p, chunk):
+    """Columns c0.. of the block: the same two lists per column, over the block's rows."""
+    r, w = G.shape
+    nchunks = (w + chunk - 1) // chunk
+    for t in prange(nchunks):
+        j0 = t * chunk
+        j1 = min(w, j0 + chunk)
+        for ii in range(r):
+            i = r0 + ii
+            ai = na[i]
+            for jj in range(j0, j1):
+                j = c0 + jj
+                g = G[ii, jj]
+                kp = -2.0 * np.float64(g)
+                kc = ai + kp
+                if kc < hv_c[j, 0]:
+                    _heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
+                if kp < hv_p[j, 0]:
+                    _heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
+
+
+class _Lists:
+    """k best partners by one key for each of ``n`` items (unordered max-heaps)."""
+
+    def __init__(self, n: int, k: int):
+        self.key = np.full((n, k), _INF)
+        self.idx = np.zeros((n, k), np.int64)
+        self.g = np.zeros((n, k), np.float32)  # the inner product, for the exact cost
+
+    def kth(self) -> np.ndarray:
+        return self.key.max(1)
+
+
+def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb: torch.Tensor,
+                  lists: dict, k: int) -> None:
+    """The same selection with ``torch.topk`` (CUDA): merge each block's k best into the lists."""
+    r, w = G.shape
+    kp = -2.0 * G.double()
+    for name, key, axis in (("row_cost", kp + tnb[c0:c0 + w][None, :], 1), ("row_ip", kp, 1),
+                            ("col_cost", kp + tna[rows][:, None], 0), ("col_ip", kp, 0)):
+        kk = min(k, key.shape[axis])
+        top, pos = torch.topk(key, kk, dim=axis, largest=False)
+        g = torch.gather(G, axis, pos)
+        if axis == 1:
+            items, idx = slice(rows.start, rows.stop), pos + c0
+        else:
+            items, idx = slice(c0, c0 + w), pos + rows.start
+            top, g, idx = top.T, g.T, idx.T
+        lst = lists[name]
+        cat_v = torch.cat([lst["key"][items], top], 1)
+        best, sel = torch.topk(cat_v, k, dim=1, largest=False)
+        lst["key"][items] = best
+        lst["idx"][items] = torch.gather(torch.cat([lst["idx"][items], idx], 1), 1, sel)
+        lst["g"][items] = torch.gather(torch.cat([lst["g"][items], g], 1), 1, sel)
+
+
+def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, block: int = 4096,
+                    device: str = "auto", mem_gib: float | None = None,
+                    progress: bool = False) -> CandidateGraph:
+    """Candidate pairs of A's rows (n_rows <= n_cols of B) by one blockwise GEMM pass: for every
+    row and every column its ``k`` smallest costs and its ``k`` largest inner products, with the
+    k-th values as bounds. Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``)."""
+    A, B = as_f32(A, "A"), as_f32(B, "B")
+    if A.shape[1] != B.shape[1]:
+        raise SAEMatchError(f"A and B must have the same feature length, got {A.shape} and "
+                            f"{B.shape}")
+    if A.shape[0] > B.shape[0]:
+        raise SAEMatchError(f"A must not have more rows than B, got {A.shape[0]} > {B.shape[0]}")
+    if k < 1:
+        raise SAEMatchError(f"k must be >= 1, got {k}")
+    n_a, n_b = A.shape[0], B.shape[0]
+    kr, kc = min(k, n_b), min(k, n_a)
+    dev = pick_device(device)
+    na, nb = sqnorms(A), sqnorms(B)
+    on_cpu = dev.type == "cpu"
+    if on_cpu:
+        rows_l = {name: _Lists(n_a, kr) for name in ("row_cost", "row_ip")}
+        cols_l = {name: _Lists(n_b, kc) for name in ("col_cost", "col_ip")}
+    else:
+        tl = {}
+        for name, n_items, kk in (("row_cost", n_a, kr), ("row_ip", n_a, kr),
+                                  ("col_cost", n_b, kc), ("col_ip", n_b, kc)):
+            tl[name] = {"key": torch.full((n_items, kk), _INF, dtype=torch.float64, device=dev),
+                        "idx": torch.zeros((n_items, kk), dtype=torch.int64, device=dev),
+                        "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
+        tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
+    for rows, c0, G in gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
+                                   progress=progress):
+        if on_cpu:
+            g = G.numpy()
+            _select_rows(g, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
+                         *_arrays(rows_l["row_ip"]))
+            _select_cols(g, rows.start, c0, na, *_arrays(cols_l["col_cost"]),
+                         *_arrays(cols_l["col_ip"]), 64)
+        else:
+            _select_torch(G, rows, c0, tna, tnb, tl, k)
+    if not on_cpu:
+        rows_l, cols_l = {}, {}
+        for name, lst in tl.items():
+            out = _Lists(0, 1)
+            out.key, out.idx, out.g = (lst[x].cpu().numpy() for x in ("key", "idx", "g"))
+            (rows_l if name.startswith("row") else cols_l)[name] = out
+    r_idx = np.repeat(np.arange(n_a), kr)
+    c_idx = np.repeat(np.arange(n_b), kc)
+    rows_all = np.concatenate([r_idx, r_idx, cols_l["col_cost"].idx.ravel(),
+                               cols_l["col_ip"].idx.ravel()])
+    cols_all = np.concatenate([rows_l["row_cost"].idx.ravel(), rows_l["row_ip"].idx.ravel(),
+                               c_idx, c_idx])
+    g_all = np.concatenate([rows_l["row_cost"].g.ravel(), rows_l["row_ip"].g.ravel(),
+                            cols_l["col_cost"].g.ravel(), cols_l["col_ip"].g.ravel()])
+    costs = build_csr(rows_all, cols_all, exact_costs(na[rows_all], nb[cols_all], g_all),
+                      (n_a, n_b))
+    # k-th keys as bounds on c (cost lists) and on c - |a|^2 - |b|^2 (inner-product lists);
+    # a list shorter than k (k > the other side) holds every pair: no pair is left out
+    full_r, full_c = kr == n_b, kc == n_a
+    row_kth = np.full(n_a, _INF) if full_r else rows_l["row_cost"].kth() + na
+    row_kth_ip = np.full(n_a, _INF) if full_r else rows_l["row_ip"].kth()
+    col_kth = np.full(n_b, _INF) if full_c else cols_l["col_cost"].kth() + nb
+    col_kth_ip = np.full(n_b, _INF) if full_c else cols_l["col_ip"].kth()
+    return CandidateGraph(costs=costs, row_kth=_finite(row_kth), col_kth=_finite(col_kth),
+                          row_kth_ip=_finite(row_kth_ip), col_kth_ip=_finite(col_kth_ip),
+                          row_sq=na, col_sq=nb, k=k)
+
+
+_BIG = 1e300  # "no pair is left out": a finite stand-in for +inf in the stored bounds
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, _BIG)
+
+
+def _arrays(lst: _Lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return lst.key, lst.idx, lst.g
+
+
+def exact_costs(na: np.ndarray, nb: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``c = |a|^2 + |b|^2 - 2 g`` rounded exactly as :func:`saematch.costs.cost_blocks` does
+    (norms summed in float64, minus 2 g in float64, clamped at 0, then float32)."""
+    c = (np.asarray(na, np.float64) + np.asarray(nb, np.float64)) - 2.0 * np.asarray(
+        g, np.float32).astype(np.float64)
+    return np.maximum(c, 0.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ CSR helpers
+def build_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+              shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR from COO keeping the first value of duplicate pairs (never summing them)."""
+    n_r, n_c = shape
+    keys = rows.astype(np.int64) * n_c + cols.astype(np.int64)
+    keys, first = np.unique(keys, return_index=True)
+    idx_dtype = np.int32 if max(n_r, n_c, len(keys)) < 2 ** 31 else np.int64
+    indices = (keys % n_c).astype(idx_dtype)
+    counts = np.bincount(keys // n_c, minlength=n_r)
+    indptr = np.zeros(n_r + 1, dtype=idx_dtype)
+    np.cumsum(counts, out=indptr[1:])
+    data = np.asarray(vals, dtype=np.float32)[first]
+    return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
+
+
+def add_edges(costs: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
+              vals: np.ndarray) -> sp.csr_matrix:
+    """The graph with extra pairs (pairs already present keep their stored cost)."""
+    coo_r = np.repeat(np.arange(costs.shape[0]), np.diff(costs.indptr))
+    return build_csr(np.concatenate([coo_r, rows]), np.concatenate([costs.indices, cols]),
+                     np.concatenate([costs.data, vals]), costs.shape)
+
+
+# -------------------------------------------------------------------------------- HDF5
+_ROW_ARRAYS = ("row_kth", "row_kth_ip", "row_sq")
+_COL_ARRAYS = ("col_kth", "col_kth_ip", "col_sq")
+
+
+def write_candidates(path: str | os.PathLike, graph: CandidateGraph, attrs: dict) -> None:
+    """Store the graph in HDF5 (CSR arrays ``indptr``, ``indices``, ``data`` plus the bound
+    vectors), atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        g = graph.costs
+        h5.create_dataset("indptr", data=g.indptr.astype(np.int64))
+        h5.create_dataset("indices", data=g.indices, chunks=True)
+        h5.create_dataset("data", data=g.data.astype(np.float32), chunks=True)
+        for name in _ROW_ARRAYS + _COL_ARRAYS:
+            h5.create_dataset(name, data=np.asarray(getattr(graph, name), dtype=np.float64))
+        n_r, n_c = graph.shape
+        h5.attrs.update({"format": FORMAT, "n_rows": n_r, "n_cols": n_c, "k": graph.k,
+                         "nnz": graph.nnz})
+        for key, val in attrs.items():
+            h5.attrs[key] = val
+
+
+def read_candidates(path: str | os.PathLike) -> CandidateGraph:
+    """Read and validate a graph written by :func:`write_candidates`."""
+    try:
+        with h5py.File(path, "r") as h5:
+            fmt = h5.attrs.get("format")
+            if fmt != FORMAT:
+                raise SAEMatchError(f"{path}: not a candidate-graph file of format {FORMAT} "
+                                    f"(found {fmt!r}; delete it and rerun to rebuild it)")
+            n_r, n_c, k = (int(h5.attrs[a]) for a in ("n_rows", "n_cols", "k"))
+            indptr, indices, data = h5["indptr"][()], h5["indices"][()], h5["data"][()]
+            arrays = {name: h5[name][()] for name in _ROW_ARRAYS + _COL_ARRAYS}
+    except SAEMatchError:
+        raise
+    except Exception as exc:
+        raise SAEMatchError(f"{path}: cannot read candidate graph ({exc})") from exc
+    bad = (indptr.shape != (n_r + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
+           or indptr[-1] != len(indices) or len(data) != len(indices)
+           or (len(indices) and (indices.min() < 0 or indices.max() >= n_c))
+           or any(arrays[a].shape != (n_r,) for a in _ROW_ARRAYS)
+           or any(arrays[a].shape != (n_c,) for a in _COL_ARRAYS))
+    if bad:
+        raise SAEMatchError(f"{path}: inconsistent CSR arrays for a {n_r} x {n_c} graph")
+    if not np.isfinite(data).all() or not all(np.isfinite(a).all() for a in arrays.values()):
+        raise SAEMatchError(f"{path}: candidate graph holds non-finite values")
+    costs = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n_r, n_c))
+    return CandidateGraph(costs=costs, k=k, **arrays)
