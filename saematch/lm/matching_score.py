@@ -47,10 +47,13 @@ def cofiring(sae_t: SAE, sae_t1: SAE, x_t: np.ndarray, x_t1: np.ndarray,
     for s in range(0, len(x_t), batch):
         a = sae_t.encode(x_t[s:s + batch]) > 0
         b = sae_t1.encode(x_t1[s:s + batch]) > 0
-        rows = seq[s:s + batch]
-        np.add.at(fired, rows, a)
+        # Per-sequence sums as one product with the token -> sequence indicator (exact: counts
+        # stay far below 2^24); np.add.at over rows is 30x slower.
+        onehot = np.zeros((n_seq, len(a)), dtype=np.float32)
+        onehot[seq[s:s + batch], np.arange(len(a))] = 1.0
+        fired += (onehot @ a.astype(np.float32)).astype(np.int64)
         for k, p in enumerate(perms):
-            np.add.at(both[k], rows, a & b[:, p])
+            both[k] += (onehot @ (a & b[:, p]).astype(np.float32)).astype(np.int64)
     return fired, both
 
 
