@@ -1,15 +1,30 @@
-"""Benchmark: certified sparse LAP (saematch.certified) against dense scipy, Gemma-Scope-shaped.
+"""Benchmark: saematch's exact LAP methods against the peers a user would pick, one run.
 
-A script, not a test. For each width it builds two synthetic JumpReLU SAEs shaped like Gemma
-Scope (d_model 2304; feature vector = folded [decoder, encoder, b_enc], D = 4609): about half of
-layer B's features are noisy counterparts of layer-A features, the rest are new, thresholds grow
-with depth. Each solver runs in a fresh subprocess so that its peak RSS is its own; vectors are
-generated once per width (in another subprocess) and cached as .npy under benchmarks/out/cache/.
+A script, not a test. For each size it builds two synthetic JumpReLU SAEs (``--generator``):
 
-    python benchmarks/bench_assign.py                       # 4k, 8k, 16k (+dense) and 65k
-    python benchmarks/bench_assign.py --sizes 4096 8192 --skip-dense
+- ``gemma``: shaped like Gemma Scope (d_model 2304; feature vector = folded [decoder, encoder,
+  b_enc], D = 4609): half of layer B's features are noisy counterparts of layer-A features, the
+  rest are new, thresholds grow with depth;
+- ``persist``: like the deep layers of a real family: 85% of the features persist with drift,
+  d_model 640 (D = 1281, Gemma 3 270M's size).
 
-Writes the markdown table to stdout and to benchmarks/out/bench_assign.md.
+Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A and B included):
+
+- ``gemm``: one plain blockwise GEMM pass over all n x n pairs (torch.mm into a reused block,
+  nothing kept): the floor of any exact method that looks at every pair;
+- ``certified``: saematch's certified sparse solver (candidates + sparse LAP + certificate);
+- ``dense``: saematch's dense path (cost matrix float32 blockwise + LAPJV in float64), what
+  ``auto`` runs up to ``assign.dense_max_features``;
+- peers: ``scipy`` (the same cost matrix + ``scipy.optimize.linear_sum_assignment``),
+  ``lapjv`` (PyPI ``lap``: the same cost matrix as float64 + ``lap.lapjv``) and ``lapmod``
+  (``lap.lapmod`` on saematch's candidate graph, k = ``--k``; exact only if the graph happens to
+  hold the optimum, which nothing proves: the table says whether its permutation is the same).
+
+    python benchmarks/bench_assign.py --sizes 8192 16384 --generator gemma persist
+    python benchmarks/bench_assign.py --sizes 65536 --methods gemm certified
+
+Prints the markdown table (times, ratios to the GEMM pass and to the best peer) and writes it
+to benchmarks/out/bench_assign.md.
 """
 from __future__ import annotations
 
@@ -31,6 +46,10 @@ OUT = ROOT / "benchmarks" / "out"
 CACHE = OUT / "cache"
 D_MODEL = 2304
 LAYER_A = 12
+GENERATORS = {"gemma": dict(d=D_MODEL, noise=0.5, survive=0.5),
+              "persist": dict(d=640, noise=0.5, survive=0.85)}
+PEERS = ("scipy", "lapjv", "lapmod")
+METHODS = ("gemm", "certified", "dense") + PEERS
 
 
 # ----------------------------------------------------------------------------------- data
@@ -61,10 +80,7 @@ def _sae(lat: dict[str, np.ndarray], layer: int, name: str):
 def make_pair(n: int, seed: int = 0, d: int = D_MODEL, noise: float = 0.5,
               survive: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feature vectors (A, B) of layers 12 and 13 and ``origin`` (layer-A index or -1)."""
-    try:  # the helper moved from saematch.costs to saematch.features during a refactor
-        from saematch.features import feature_vectors
-    except ImportError:
-        from saematch.costs import feature_vectors
+    from saematch.features import feature_vectors
 
     rng = np.random.default_rng([seed, n, d])
     lat_a = _latents(rng, n, d)
@@ -91,11 +107,12 @@ def make_pair(n: int, seed: int = 0, d: int = D_MODEL, noise: float = 0.5,
     return A, B, origin
 
 
-def cached_pair(n: int, seed: int = 0) -> tuple[Path, Path]:
+def cached_pair(n: int, seed: int = 0, generator: str = "gemma") -> tuple[Path, Path]:
     CACHE.mkdir(parents=True, exist_ok=True)
-    pa, pb = CACHE / f"A_{n}_{seed}.npy", CACHE / f"B_{n}_{seed}.npy"
+    tag = "" if generator == "gemma" else f"{generator}_"
+    pa, pb = CACHE / f"A_{tag}{n}_{seed}.npy", CACHE / f"B_{tag}{n}_{seed}.npy"
     if not (pa.exists() and pb.exists()):
-        A, B, _ = make_pair(n, seed)
+        A, B, _ = make_pair(n, seed, **GENERATORS[generator])
         np.save(pa, A)
         np.save(pb, B)
     return pa, pb
@@ -106,51 +123,88 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def run_case(solver: str, n: int, seed: int, device: str, k: int, time_limit: float | None,
-             block: int) -> dict:
+def _gemm_pass(A: np.ndarray, B: np.ndarray, block: int, device: str) -> dict:
+    from saematch.certified.blocks import gemm_blocks
+
+    total = 0.0
+    for _, _, G in gemm_blocks(A, B, block=block, device=device):
+        total += float(G[0, 0])  # touch the block so nothing is optimised away
+    return {"checksum": total}
+
+
+def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int,
+             time_limit: float | None, block: int) -> dict:
     """Body of one measured subprocess; prints one JSON line."""
     sys.path.insert(0, str(ROOT))
     import torch
 
-    pa, pb = CACHE / f"A_{n}_{seed}.npy", CACHE / f"B_{n}_{seed}.npy"
+    pa, pb = cached_pair(n, seed, generator)
     A, B = np.load(pa), np.load(pb)
     base_rss = _peak_rss_bytes()
     t0 = time.perf_counter()
-    if solver == "dense":
-        from saematch.assign import assign_dense
-        from saematch.costs import cost_matrix
-
-        cost = cost_matrix(A, B, block=block, device=device)
-        t_cost = time.perf_counter() - t0
-        res = assign_dense(cost)
-        del cost
-        extra = {"t_cost": t_cost}
-    else:
+    extra: dict = {}
+    perm = None
+    if method == "gemm":
+        extra = _gemm_pass(A, B, block, device)
+    elif method == "certified":
         from saematch.certified import certified_assign
 
         res = certified_assign(A, B, k=k, block=block, device=device, time_limit=time_limit)
-        extra = {key: (float(v) if isinstance(v, (int, float, np.number)) else str(v))
-                 for key, v in res.info.items()}
+        perm, extra = res.perm, {key: (float(v) if isinstance(v, (int, float, np.number))
+                                       else str(v)) for key, v in res.info.items()}
+        extra.update(status=res.status, gap=float(res.gap))
+    elif method == "lapmod":
+        import lap
+
+        from saematch.certified import candidate_graph
+
+        g = candidate_graph(A, B, k, block=block, device=device).costs
+        extra["t_candidates"] = time.perf_counter() - t0
+        _, x, _ = lap.lapmod(n, g.data.astype(np.float64), g.indptr.astype(np.int32),
+                             g.indices.astype(np.int32))
+        perm = np.asarray(x, np.int64)
+    else:
+        from saematch.costs import cost_matrix
+
+        cost = cost_matrix(A, B, block=block, device=device)
+        extra["t_cost"] = time.perf_counter() - t0
+        if method == "dense":
+            from saematch.assign import assign_dense
+
+            perm = assign_dense(cost).perm
+        elif method == "scipy":
+            from scipy.optimize import linear_sum_assignment
+
+            perm = linear_sum_assignment(cost.astype(np.float64))[1]
+        else:  # lapjv
+            import lap
+
+            perm = lap.lapjv(cost.astype(np.float64))[1]
+        del cost
     wall = time.perf_counter() - t0
-    out = {"solver": solver, "n": n, "wall": wall, "objective": res.objective,
-           "status": res.status, "gap": float(res.gap), "peak_rss": _peak_rss_bytes(),
-           "inputs_rss": base_rss,
-           "perm_sha": hashlib.sha1(res.perm.astype(np.int64).tobytes()).hexdigest()[:16],
+    out = {"method": method, "n": n, "generator": generator, "wall": wall,
+           "peak_rss": _peak_rss_bytes(), "inputs_rss": base_rss,
            "threads": torch.get_num_threads(), **extra}
+    if perm is not None:
+        perm = np.asarray(perm, np.int64)
+        diff = A - B[perm]  # objective in float64 from the vectors: one yardstick for all
+        out["objective"] = float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+        out["perm_sha"] = hashlib.sha1(perm.tobytes()).hexdigest()[:16]
     print("RESULT " + json.dumps(out), flush=True)
     return out
 
 
-def subprocess_case(args: argparse.Namespace, solver: str, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--case", solver, "--sizes", str(n), "--seed", str(args.seed),
-           "--device", args.device, "--k", str(args.k), "--block", str(args.block)]
+def subprocess_case(args: argparse.Namespace, method: str, n: int, generator: str) -> dict:
+    cmd = [sys.executable, __file__, "--case", method, "--sizes", str(n), "--seed", str(args.seed),
+           "--generator", generator, "--device", args.device, "--k", str(args.k),
+           "--block", str(args.block)]
     if args.time_limit is not None:
         cmd += ["--time-limit", str(args.time_limit)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        return {"solver": solver, "n": n, "error": f"rc={proc.returncode}",
+        return {"method": method, "n": n, "error": f"rc={proc.returncode}",
                 "wall": time.perf_counter() - t0}
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -161,80 +215,127 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
 
-def table(rows: list[tuple[int, dict, dict | None]]) -> str:
-    cols = ["n", "certified s", "certified peak GiB", "status", "gap", "rounds", "GEMM passes",
-            "edges", "violations added", "dense s (cost + LAP)", "dense peak GiB",
-            "objective diff (rel)", "same perm", "speedup"]
+def _detail(r: dict) -> str:
+    if r["method"] == "certified":
+        return (f"{r['status']}, gap {r['gap']:.1e}, {int(r['rounds'])} rounds, "
+                f"{r['passes']:.2f} passes, cand {r['t_candidates']:.1f} + solve "
+                f"{r['t_solve']:.1f} + cert {r['t_certify']:.1f} s")
+    if "t_cost" in r:
+        return f"cost {r['t_cost']:.1f} + LAP {r['wall'] - r['t_cost']:.1f} s"
+    if "t_candidates" in r:
+        return f"candidates {r['t_candidates']:.1f} + lapmod {r['wall'] - r['t_candidates']:.1f} s"
+    return ""
+
+
+def table(results: list[dict]) -> str:
+    """One row per (generator, n, method); ratios to the GEMM pass and the reference permutation
+    (certified, else dense)."""
+    cols = ["generator", "n", "method", "s", "x GEMM pass", "peak GiB", "same perm",
+            "objective - best (rel)", "detail"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for n, c, d in rows:
-        if "error" in c:
-            cert = [str(n), f"failed ({c['error']})"] + ["-"] * 7
-        else:
-            cert = [str(n), f"{c['wall']:.1f}", _gib(c["peak_rss"]), c["status"],
-                    f"{c['gap']:.1e}", str(int(c.get("rounds", 0))),
-                    f"{float(c.get('passes', 0)):.2f}", str(int(c.get("edges", 0))),
-                    str(int(c.get("violations_added", 0)))]
-        if d is None:
-            dense = ["-"] * 5
-        elif "error" in d:
-            dense = [f"failed ({d['error']})"] + ["-"] * 4
-        elif "error" in c:
-            dense = [f"{d['wall']:.1f}", _gib(d["peak_rss"])] + ["-"] * 3
-        else:
-            diff = (c["objective"] - d["objective"]) / abs(d["objective"])
-            dense = [f"{d['wall']:.1f} ({d['t_cost']:.1f} + {d['wall'] - d['t_cost']:.1f})",
-                     _gib(d["peak_rss"]), f"{diff:+.1e}",
-                     "yes" if c["perm_sha"] == d["perm_sha"] else "no",
-                     f"{d['wall'] / c['wall']:.1f}x"]
-        lines.append("| " + " | ".join(cert + dense) + " |")
+    for key in dict.fromkeys((r["generator"], r["n"]) for r in results if "error" not in r):
+        group = [r for r in results if (r.get("generator"), r["n"]) == key]
+        gemm = next((r["wall"] for r in group if r["method"] == "gemm"), None)
+        ref = next((r for m in ("certified", "dense") for r in group
+                    if r["method"] == m and "perm_sha" in r), None)
+        best = min((r["objective"] for r in group if "objective" in r), default=None)
+        for r in group:
+            if "error" in r:
+                lines.append(f"| {key[0]} | {key[1]} | {r['method']} | failed ({r['error']}) |"
+                             + " |" * 5)
+                continue
+            ratio = f"{r['wall'] / gemm:.2f}" if gemm else "-"
+            same = "-" if "perm_sha" not in r or ref is None else \
+                ("yes" if r["perm_sha"] == ref["perm_sha"] else "no")
+            rel = "-" if best is None or "objective" not in r else \
+                f"{(r['objective'] - best) / abs(best):.1e}"
+            lines.append(f"| {key[0]} | {key[1]} | {r['method']} | {r['wall']:.1f} | {ratio} | "
+                         f"{_gib(r['peak_rss'])} | {same} | {rel} | {_detail(r)} |")
     return "\n".join(lines)
+
+
+def ratios(results: list[dict]) -> list[str]:
+    """Per (generator, n): saematch's fastest exact method against the fastest peer."""
+    out = []
+    for key in dict.fromkeys((r["generator"], r["n"]) for r in results if "error" not in r):
+        group = {r["method"]: r for r in results
+                 if (r.get("generator"), r["n"]) == key and "error" not in r}
+        ours = [group[m] for m in ("certified", "dense") if m in group]
+        peers = [group[m] for m in PEERS if m in group]
+        if ours and peers:
+            o, p = min(ours, key=lambda r: r["wall"]), min(peers, key=lambda r: r["wall"])
+            out.append(f"{key[0]} n={key[1]}: saematch {o['method']} {o['wall']:.1f} s vs best "
+                       f"peer {p['method']} {p['wall']:.1f} s: {p['wall'] / o['wall']:.2f}x")
+        if "gemm" in group and "certified" in group:
+            out.append(f"{key[0]} n={key[1]}: certified / one GEMM pass = "
+                       f"{group['certified']['wall'] / group['gemm']['wall']:.2f}")
+    return out
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 65536])
-    p.add_argument("--dense-max", type=int, default=16384,
-                   help="largest n for which dense scipy also runs (65k needs 34 GB)")
-    p.add_argument("--skip-dense", action="store_true")
+    p.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
+    p.add_argument("--generator", nargs="+", choices=list(GENERATORS), default=["gemma"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--dense-max", type=int, default=32768,
+                   help="largest n for the dense methods (n^2 float64 is 8 GiB at 32k)")
+    p.add_argument("--scipy-max", type=int, default=8192,
+                   help="largest n for scipy (its solve took 208 s at 8k, 1544 s at 16k)")
     p.add_argument("--device", default="auto")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--block", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None)
-    p.add_argument("--case", choices=["dense", "certified"], help=argparse.SUPPRESS)
+    p.add_argument("--case", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
-        run_case(args.case, args.sizes[0], args.seed, args.device, args.k, args.time_limit,
-                 args.block)
+        run_case(args.case, args.sizes[0], args.seed, args.generator[0], args.device, args.k,
+                 args.time_limit, args.block)
         return
 
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for n in args.sizes:
-        t0 = time.perf_counter()
-        gen = subprocess.run([sys.executable, "-c",
-                              f"import sys; sys.path[:0] = [{str(ROOT)!r}, "
-                              f"{str(ROOT / 'benchmarks')!r}]; import bench_assign as b; "
-                              f"b.cached_pair({n}, {args.seed})"], capture_output=True, text=True)
-        if gen.returncode:
-            sys.exit(f"generating n={n} failed:\n{gen.stderr[-3000:]}")
-        print(f"n={n}: vectors ready ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-        c = subprocess_case(args, "certified", n)
-        print(f"n={n}: certified {c}", file=sys.stderr)
-        d = None
-        if not args.skip_dense and n <= args.dense_max:
-            d = subprocess_case(args, "dense", n)
-            print(f"n={n}: dense {d}", file=sys.stderr)
-        rows.append((n, c, d))
+    results = []
+    for gen in args.generator:
+        for n in args.sizes:
+            t0 = time.perf_counter()
+            made = subprocess.run([sys.executable, "-c",
+                                   f"import sys; sys.path[:0] = [{str(ROOT)!r}, "
+                                   f"{str(ROOT / 'benchmarks')!r}]; import bench_assign as b; "
+                                   f"b.cached_pair({n}, {args.seed}, {gen!r})"],
+                                  capture_output=True, text=True)
+            if made.returncode:
+                sys.exit(f"generating {gen} n={n} failed:\n{made.stderr[-3000:]}")
+            print(f"{gen} n={n}: vectors ready ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr)
+            for method in args.methods:
+                dense = method in ("dense", "scipy", "lapjv")
+                if (dense and n > args.dense_max) or (method == "scipy" and n > args.scipy_max):
+                    continue
+                r = subprocess_case(args, method, n, gen)
+                r.setdefault("generator", gen)
+                print(f"{gen} n={n}: {method} {r.get('wall', 0):.1f} s", file=sys.stderr)
+                results.append(r)
     load = os.getloadavg()
-    note = (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"device={args.device}, k={args.k}, block={args.block}, seed={args.seed}; "
-            f"load average at end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (above the "
-            "benchmark's own ~2, other jobs slowed it). Peak = peak RSS of the solver's own "
-            "process, inputs A and B (n x 4609 float32 each) included.")
-    md = table(rows) + "\n\n" + note + "\n"
+    note = (f"Machine: {_cpu()}, {os.cpu_count()} CPUs, device={args.device}, k={args.k}, "
+            f"block={args.block}, seed={args.seed}; load average at end {load[0]:.1f}/"
+            f"{load[1]:.1f}/{load[2]:.1f}. Peak = peak RSS of the method's own process, inputs A "
+            "and B (n x D float32 each) included. Objective: sum ||a_i - b_perm(i)||^2 in float64 "
+            "from the vectors, relative to the best of the row group.")
+    md = table(results) + "\n\n" + "\n".join(f"- {x}" for x in ratios(results)) + \
+        "\n\n" + note + "\n"
     print(md)
     (OUT / "bench_assign.md").write_text(md)
+    (OUT / "bench_assign.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# Stage 4: exact linear assignment per layer pair and variant: scipy's dense LAP, or the
+# Stage 4: exact linear assignment per layer pair and variant: dense LAPJV (PyPI lap), or the
 # certified sparse solver (candidates + dual optimality certificate); identity needs no costs.
 
 

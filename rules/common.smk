@@ -140,11 +140,12 @@ def sae_source(layer, width):
 
 
 def solver_of(n_features):
-    """`auto` uses scipy's dense LAP up to `assign.dense_max_features`, the certificate above."""
-    choice = config["assign"]["solver"]
-    if choice != "auto":
-        return choice
-    return "dense" if n_features <= config["assign"]["dense_max_features"] else "certified"
+    """The LAP method for a pair whose wider side has ``n_features`` (saematch.assign.solver_for:
+    `auto` is the dense matrix + LAPJV up to `assign.dense_max_features`, certified above)."""
+    from saematch.assign import solver_for
+
+    return solver_for(n_features, n_features, config["assign"]["solver"],
+                      config["assign"]["dense_max_features"])
 
 
 def variant_spec(name):
@@ -385,7 +386,7 @@ def _streamed_bytes(input, n):
 def mem_mb_pair(wc, input, attempt):
     """Cost matrix, candidate graph or assignment of one layer pair (cross-width: n_a x n_b,
     counted as the wider side's n where the size is n x n). Dense LAP: the float32 matrix,
-    scipy's float64 copy and its work arrays (about 20 bytes a pair)."""
+    LAPJV's float64 copy and its work arrays (about 20 bytes a pair)."""
     n_a, n_b = pair_features(wc)
     dense = "cost" in input.keys()
     need = n_a * n_b * 20 if dense else _streamed_bytes(input, n_b)

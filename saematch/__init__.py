@@ -12,7 +12,7 @@ Notebook API::
 """
 from __future__ import annotations
 
-from .assign import Assignment, compose, permute_codes
+from .assign import DENSE_MAX_FEATURES, Assignment, compose, permute_codes
 from .errors import SAEMatchError
 from .features import Variant, feature_vectors
 from .sae import SAE, fold, load_sae, save_sae
@@ -21,19 +21,30 @@ __all__ = ["SAE", "Assignment", "SAEMatchError", "Variant", "compose", "feature_
            "fold", "load_sae", "match", "permute_codes", "save_sae"]
 
 
-def match(a: SAE, b: SAE, variant: Variant | None = None, *, block: int = 4096,
-          device: str = "auto") -> Assignment:
+def match(a: SAE, b: SAE, variant: Variant | None = None, *, solver: str = "auto",
+          dense_max_features: int = DENSE_MAX_FEATURES, block: int = 4096,
+          device: str = "auto", **certified_options) -> Assignment:
     """Exact matching of ``a``'s features to ``b``'s (default: the paper's folded variant); a
-    ``top1`` variant gives each feature of ``a`` its nearest feature of ``b`` (many-to-one)."""
-    from .assign import assign_dense, identity, top1
+    ``top1`` variant gives each feature of ``a`` its nearest feature of ``b`` (many-to-one).
+
+    ``solver`` as in the workflow (:func:`saematch.assign.solver_for`): ``auto`` builds the dense
+    matrix up to ``dense_max_features`` and runs the certified sparse solver above, which never
+    holds an n x n matrix (65k: O(n k) memory instead of 34 GB); ``certified_options`` (``k``,
+    ``time_limit``, ``tol``, ...) go to :func:`saematch.certified.certified_assign`."""
+    from .assign import assign_dense, identity, one_to_one, solver_for, top1
     from .costs import cost_matrix, nearest
     from .features import variant_vectors
     from .metrics import per_feature_mse
 
     variant = variant or Variant("folded")
-    A, B = variant_vectors(a, b, variant)
+    A, B = variant_vectors(a, b, variant, rectangular=a.n_features < b.n_features)
     if variant.method == "identity":
         return identity(len(A), per_feature_mse(A, B, range(len(B))) * A.shape[1])
     if variant.method == "top1":
         return top1(*nearest(A, B, block=block, device=device), n_b=len(B))
+    if solver_for(len(A), len(B), solver, dense_max_features) == "certified":
+        from .certified import certified_assign
+
+        return one_to_one(certified_assign(A, B, block=block, device=device,
+                                           **certified_options), len(B))
     return assign_dense(cost_matrix(A, B, block=block, device=device))

@@ -23,6 +23,7 @@ from .atomic import atomic_path
 from .errors import SAEMatchError
 
 KINDS = ("permutation", "injective", "many_to_one")
+DENSE_MAX_FEATURES = 16384  # auto: dense LAPJV up to this width (see solver_for)
 
 
 @dataclass
@@ -71,8 +72,26 @@ def check_map(perm: np.ndarray, kind: str, n_b: int) -> str | None:
     return None
 
 
+SOLVERS = ("dense", "certified")
+
+
+def solver_for(n_a: int, n_b: int, solver: str = "auto",
+               dense_max_features: int = DENSE_MAX_FEATURES) -> str:
+    """The exact LAP method for an n_a x n_b problem: ``auto`` is the dense matrix + LAPJV up to
+    ``dense_max_features`` (the faster one there, and its n_a x n_b float64 matrix still fits a
+    node: 16k is 2 GiB), the certified sparse solver above (O(n k) memory). The workflow's rules
+    and :func:`saematch.match` both decide with this."""
+    if solver != "auto":
+        if solver not in SOLVERS:
+            raise SAEMatchError(f"solver must be auto or one of {SOLVERS}, got {solver!r}")
+        return solver
+    return "dense" if max(n_a, n_b) <= dense_max_features else "certified"
+
+
 def assign_dense(cost: np.ndarray) -> Assignment:
-    """Exact LAP on a dense cost matrix with scipy (float64, deterministic).
+    """Exact LAP on a dense cost matrix: LAPJV (Jonker and Volgenant 1987, PyPI ``lap``) in
+    float64, 10-40x faster than scipy's ``linear_sum_assignment`` on SAE cost matrices (README,
+    benchmark) and exact like it.
 
     Square [n, n]: a permutation. Rectangular [n_a, n_b] with n_a < n_b: every row gets a
     distinct column (an injective map); the columns left over stay unmatched.
@@ -80,14 +99,17 @@ def assign_dense(cost: np.ndarray) -> Assignment:
     if cost.ndim != 2 or cost.shape[0] > cost.shape[1]:
         raise SAEMatchError(f"cost matrix must be [n_a, n_b] with n_a <= n_b, got shape "
                             f"{cost.shape}")
-    from scipy.optimize import linear_sum_assignment  # lazy: most jobs only read assignments
+    import lap  # lazy: most jobs only read assignments
 
-    c = np.asarray(cost, dtype=np.float64)
-    rows, cols = linear_sum_assignment(c)
-    perm = np.empty(c.shape[0], dtype=np.int64)
-    perm[rows] = cols
-    return one_to_one(Assignment(perm=perm, match_cost=c[rows, cols], solver="dense"),
-                      c.shape[1])
+    c = np.ascontiguousarray(cost, dtype=np.float64)
+    n_a, n_b = c.shape
+    if n_a == 0:
+        perm = np.zeros(0, dtype=np.int64)
+    else:
+        _, x, _ = lap.lapjv(c, extend_cost=n_a < n_b, return_cost=True)
+        perm = np.asarray(x[:n_a], dtype=np.int64)
+    return one_to_one(Assignment(perm=perm, match_cost=c[np.arange(n_a), perm], solver="dense"),
+                      n_b)
 
 
 def top1(partner: np.ndarray, cost: np.ndarray, n_b: int) -> Assignment:
