@@ -124,7 +124,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _gemm_pass(A: np.ndarray, B: np.ndarray, block: int, device: str) -> dict:
-    from saematch.certified.blocks import gemm_blocks
+    from saematch.gemm import gemm_blocks
 
     total = 0.0
     for _, _, G in gemm_blocks(A, B, block=block, device=device):

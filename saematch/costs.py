@@ -1,8 +1,8 @@
 """Blockwise cost matrices between the feature vectors of two SAEs.
 
 The cost of pairing feature i of layer A with feature j of layer B is ``||a_i - b_j||^2``,
-computed as ``|a_i|^2 + |b_j|^2 - 2 a_i.b_j`` so that any block is one GEMM (torch, on CUDA
-when present).
+computed as ``|a_i|^2 + |b_j|^2 - 2 a_i.b_j`` so that any block is one GEMM
+(:func:`saematch.gemm.gemm_blocks`: numpy's BLAS on the CPU, torch on CUDA when present).
 """
 from __future__ import annotations
 
@@ -11,32 +11,24 @@ from collections.abc import Iterator
 
 import h5py
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from .atomic import atomic_path
-from .device import pick_device
+from .gemm import exact_costs, gemm_blocks, sqnorms
 
 
 def cost_blocks(A: np.ndarray, B: np.ndarray, block: int = 4096, device: str = "auto",
-                progress: bool = False) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, C[rows, :])`` for the squared-distance matrix, ``block`` rows at a time.
+                progress: bool = False) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, C[rows, :])`` (float32) for the squared-distance matrix, ``block`` rows at
+    a time, rounded by :func:`saematch.gemm.exact_costs`.
 
-    Peak memory is ``block * n`` floats on the device plus both inputs; the GEMM runs in
-    float32 and the norms are added in float64 before rounding back, then clamped at 0.
+    Peak memory is ``block * n_B`` floats (a few times, for the float64 sum) plus both inputs.
     """
-    dev = pick_device(device)
-    tA = torch.from_numpy(A).to(dev)
-    tB = torch.from_numpy(B).to(dev)
-    # column norms chunk by chunk: a float64 copy of all of B would double its memory
-    nb = torch.cat([(tB[i:i + block].double() ** 2).sum(1) for i in range(0, len(tB), block)])
-    starts = range(0, A.shape[0], block)
-    for start in tqdm(starts, desc="cost blocks", unit="block", disable=not progress):
-        rows = slice(start, min(start + block, A.shape[0]))
-        a = tA[rows]
-        na = (a.double() ** 2).sum(1)
-        c = (na[:, None] + nb[None, :] - 2.0 * (a @ tB.T).double()).clamp_min_(0.0)
-        yield rows, c.float()
+    A, B = np.ascontiguousarray(A, np.float32), np.ascontiguousarray(B, np.float32)
+    na, nb = sqnorms(A), sqnorms(B)
+    for rows, _, G in gemm_blocks(A, B, block=block, device=device, whole_rows=True,
+                                  progress=progress):
+        g = G if isinstance(G, np.ndarray) else G.cpu().numpy()
+        yield rows, exact_costs(na[rows, None], nb[None, :], g)
 
 
 def cost_matrix(A: np.ndarray, B: np.ndarray, block: int = 4096,
@@ -44,7 +36,7 @@ def cost_matrix(A: np.ndarray, B: np.ndarray, block: int = 4096,
     """The dense [n_A, n_B] squared-distance matrix (float32), built blockwise."""
     out = np.empty((A.shape[0], B.shape[0]), dtype=np.float32)
     for rows, c in cost_blocks(A, B, block, device):
-        out[rows] = c.cpu().numpy()
+        out[rows] = c
     return out
 
 
@@ -56,8 +48,8 @@ def nearest(A: np.ndarray, B: np.ndarray, block: int = 4096,
     partner = np.empty(A.shape[0], dtype=np.int64)
     cost = np.empty(A.shape[0], dtype=np.float64)
     for rows, c in cost_blocks(A, B, block, device, progress=True):
-        best, idx = c.min(dim=1)
-        partner[rows], cost[rows] = idx.cpu().numpy(), best.double().cpu().numpy()
+        partner[rows] = c.argmin(axis=1)
+        cost[rows] = np.take_along_axis(c, partner[rows, None], 1)[:, 0]
     return partner, cost
 
 
@@ -68,6 +60,6 @@ def write_cost_matrix(path: str | os.PathLike, A: np.ndarray, B: np.ndarray, *,
         ds = h5.create_dataset("cost", shape=(A.shape[0], B.shape[0]), dtype="f4",
                                chunks=(min(block, A.shape[0]), B.shape[0]))
         for rows, c in cost_blocks(A, B, block, device, progress=True):
-            ds[rows] = c.cpu().numpy()
+            ds[rows] = c
         for k, v in attrs.items():
             h5.attrs[k] = v

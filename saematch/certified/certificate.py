@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..costs import cost_blocks
 from ..device import pick_device
-from .blocks import block_shape, budget_bytes, check_pair, gemm_blocks
-from .graph import CandidateGraph, _heap_replace, exact_costs
+from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
+from .blocks import check_pair
+from .graph import CandidateGraph, _heap_replace
 from .sparse_lap import njit
 
 try:
@@ -125,7 +125,7 @@ def _stream_block(G, t0, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, hg, row
     """Rows t0.. of the streamed set against columns c0.. (G = their GEMM block): per row, the
     minimum reduced cost ``c - u - v`` over pairs outside the graph, the count of shifted reduced
     costs ``c - u - v + sa_i + sb_j`` below 0, and a bounded max-heap of the m smallest shifted
-    ones (with column and inner product). ``c`` is rounded exactly as ``cost_blocks`` rounds it;
+    ones (with column and inner product). ``c`` is rounded exactly as ``exact_costs`` rounds it;
     graph edges (``e_col`` sorted within each row) are skipped."""
     r, w = G.shape
     for tt in prange(r):
@@ -187,7 +187,7 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
     for rows, c0, G in gemm_blocks(AR, B, block=block, device="cpu", mem_gib=mem_gib):
         if deadline is not None and time.monotonic() > deadline:
             return row_min, hv, hj, hg, int(viol.sum()), False
-        _stream_block(G.numpy(), rows.start, c0, *args, hv, hj, hg, row_min, viol)
+        _stream_block(G, rows.start, c0, *args, hv, hj, hg, row_min, viol)
     order = np.argsort(hv, axis=1, kind="stable")
     take = np.take_along_axis
     cost = exact_costs(graph.row_sq[R][:, None], graph.col_sq[take(hj, order, 1)],
@@ -197,11 +197,12 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
 
 def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, device: str,
                        mem_gib: float | None, deadline: float | None):
-    """:func:`_stream_rows` with torch on the device (``cost_blocks`` + ``torch.topk``)."""
+    """:func:`_stream_rows` with torch on the device (GEMM blocks + ``torch.topk``)."""
     dev = pick_device(device)
     n = B.shape[0]
-    rows_per_block, tile = block_shape(len(AR), n, block, budget_bytes(dev, mem_gib), 24)
-    tu, tv, tta, ttb = (torch.from_numpy(np.ascontiguousarray(x)).to(dev) for x in (u, v, sa, sb))
+    rows_per_block, tile = block_shape(len(AR), n, block, budget_bytes(device, mem_gib), 24)
+    tu, tv, tta, ttb, tna, tnb = (torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+                                  for x in (u, v, sa, sb, na, nb))
     f64 = dict(dtype=torch.float64, device=dev)
     best_rc = torch.full((len(AR), mm), _INF, **f64)
     best_j = torch.zeros((len(AR), mm), dtype=torch.int64, device=dev)
@@ -220,7 +221,11 @@ def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, de
         gcols = torch.arange(c0, c1, device=dev)
         lo, hi = np.searchsorted(e_col, [c0, c1])
         er, ec = e_row[lo:hi], e_col[lo:hi] - c0
-        for rows, c in cost_blocks(AR, B[c0:c1], rows_per_block, device):
+        for rows, _, G in gemm_blocks(AR, B[c0:c1], block=rows_per_block, device=device,
+                                      whole_rows=True):
+            # rounded as saematch.gemm.exact_costs rounds it
+            c = ((tna[rows][:, None] + tnb[gcols][None, :]) - 2.0 * G.double()).clamp_min_(
+                0.0).float()
             rc = c.double()
             rc -= tu[rows][:, None]
             rc -= tv[gcols][None, :]

@@ -1,7 +1,7 @@
 """The candidate graph: one blockwise GEMM pass keeps every row's and column's best partners.
 
 For a pair (i, j) the GEMM gives ``g_ij = a_i . b_j`` and the cost is
-``c_ij = |a_i|^2 + |b_j|^2 - 2 g_ij`` (rounded as :func:`saematch.costs.cost_blocks` rounds
+``c_ij = |a_i|^2 + |b_j|^2 - 2 g_ij`` (rounded as :func:`saematch.gemm.exact_costs` rounds
 it). Four lists of ``k`` pairs are kept, each with its k-th key as a bound for every pair it
 left out:
 
@@ -30,7 +30,8 @@ import torch
 from ..atomic import atomic_path
 from ..device import pick_device
 from ..errors import SAEMatchError
-from .blocks import as_f32, gemm_blocks, sqnorms
+from ..gemm import exact_costs, gemm_blocks, sqnorms
+from .blocks import as_f32
 from .sparse_lap import njit
 
 try:
@@ -207,10 +208,9 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, block: int = 4
     for rows, c0, G in gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
                                    progress=progress):
         if on_cpu:
-            g = G.numpy()
-            _select_rows(g, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
+            _select_rows(G, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
                          *_arrays(rows_l["row_ip"]))
-            _select_cols(g, rows.start, c0, na, *_arrays(cols_l["col_cost"]),
+            _select_cols(G, rows.start, c0, na, *_arrays(cols_l["col_cost"]),
                          *_arrays(cols_l["col_ip"]), 64)
         else:
             _select_torch(G, rows, c0, tna, tnb, tl, k)
@@ -251,14 +251,6 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 def _arrays(lst: _Lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lst.key, lst.idx, lst.g
-
-
-def exact_costs(na: np.ndarray, nb: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``c = |a|^2 + |b|^2 - 2 g`` rounded exactly as :func:`saematch.costs.cost_blocks` does
-    (norms summed in float64, minus 2 g in float64, clamped at 0, then float32)."""
-    c = (np.asarray(na, np.float64) + np.asarray(nb, np.float64)) - 2.0 * np.asarray(
-        g, np.float32).astype(np.float64)
-    return np.maximum(c, 0.0).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ CSR helpers

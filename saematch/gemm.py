@@ -1,0 +1,80 @@
+"""Blocks of ``A @ B.T`` (float32) for every pass over all pairs: numpy's BLAS on the CPU,
+torch on CUDA. The cost matrices, the candidate graph and the certificate all round costs from
+these same products, so the dense and the certified solver see the same numbers."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .device import device_name
+
+
+def sqnorms(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Row squared norms in float64, without a float64 copy of all of X."""
+    out = np.empty(X.shape[0])
+    for s in range(0, X.shape[0], chunk):
+        x = X[s:s + chunk].astype(np.float64)
+        out[s:s + chunk] = np.einsum("ij,ij->i", x, x)
+    return out
+
+
+def exact_costs(na: np.ndarray, nb: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``c = |a|^2 + |b|^2 - 2 g`` as every consumer rounds it: norms summed in float64, minus
+    2 g in float64, clamped at 0, then float32."""
+    c = (np.asarray(na, np.float64) + np.asarray(nb, np.float64)) - 2.0 * np.asarray(
+        g, np.float32).astype(np.float64)
+    return np.maximum(c, 0.0).astype(np.float32)
+
+
+def budget_bytes(device: str, mem_gib: float | None) -> float:
+    """Bytes one GEMM block may take: ``mem_gib``, else 1 GiB on the CPU and a quarter of the
+    free memory on CUDA."""
+    if mem_gib is not None:
+        return mem_gib * 2 ** 30
+    if device_name(device) != "cpu":
+        import torch
+        return torch.cuda.mem_get_info(torch.device(device_name(device)))[0] / 4
+    return 2 ** 30
+
+
+def block_shape(n_rows: int, n_cols: int, block: int, budget: float,
+                per_element: int = 4) -> tuple[int, int]:
+    """(rows, columns) of one block: whole rows when ``block`` of them fit the budget (the
+    GEMM is fastest on wide blocks), else fewer rows (at least 256), then column tiles."""
+    rows = int(min(block, n_rows, max(256, budget // (per_element * max(n_cols, 1)))))
+    cols = int(min(n_cols, max(1024, budget // (per_element * max(rows, 1)))))
+    return max(rows, 1), max(cols, 1)
+
+
+def gemm_blocks(A: np.ndarray, B: np.ndarray, *, block: int = 4096, device: str = "auto",
+                mem_gib: float | None = None, whole_rows: bool = False,
+                progress: bool = False) -> Iterator[tuple[slice, int, Any]]:
+    """Yield ``(rows, c0, G)`` with ``G = A[rows] @ B[c0:c0 + w].T`` (float32; a numpy array on
+    the CPU, a torch tensor on CUDA) for every block of one pass over all pairs. ``whole_rows``
+    makes every block ``block`` rows by all of B. The buffer is reused: consume G before the
+    next block."""
+    dev = device_name(device)
+    if whole_rows:
+        rows_per, tile = min(block, A.shape[0]), B.shape[0]
+    else:
+        rows_per, tile = block_shape(A.shape[0], B.shape[0], block, budget_bytes(dev, mem_gib))
+    rows_per, tile = max(rows_per, 1), max(tile, 1)
+    if dev == "cpu":
+        buf, tA, tB = np.empty(rows_per * tile, dtype=np.float32), A, B
+    else:
+        import torch
+        buf = torch.empty(rows_per * tile, dtype=torch.float32, device=dev)
+        tA, tB = torch.from_numpy(A).to(dev), torch.from_numpy(B).to(dev)
+    starts = [(r0, c0) for c0 in range(0, B.shape[0], tile)
+              for r0 in range(0, A.shape[0], rows_per)]
+    for r0, c0 in tqdm(starts, desc="GEMM blocks", unit="block", disable=not progress):
+        r1, c1 = min(r0 + rows_per, A.shape[0]), min(c0 + tile, B.shape[0])
+        out = buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+        if dev == "cpu":
+            np.matmul(tA[r0:r1], tB[c0:c1].T, out=out)
+        else:
+            torch.mm(tA[r0:r1], tB[c0:c1].T, out=out)
+        yield slice(r0, r1), c0, out
