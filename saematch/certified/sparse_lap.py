@@ -351,11 +351,15 @@ def solve(costs: sp.csr_matrix, st: LapState) -> tuple[int, np.ndarray, int]:
     rectangular = n_rows < n_cols
     if st.cold and not rectangular:
         _column_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col)
+        # JV's augmenting row reduction, on the cold start only: on a warm restart it lowers the
+        # potentials of matched columns that the previous round's certificate was built on, and
+        # the next certificate then finds more violations (gemma 8192: 87 rounds and 10.2 GEMM
+        # passes with it, 10 rounds and 2.2 passes without; same permutation).
+        _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col, 2)
     else:
         _warm_start(indptr, costs.indices, data, st.u, st.v, st.col4row, st.row4col,
                     rectangular)
     st.cold = False
-    _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col, 2)
     _row_minima(indptr, costs.indices, data, st.v, st.u, np.empty(n_rows, np.int64))
     stuck = np.zeros(n_rows, dtype=np.bool_)
     nfail, steps = _augment(indptr, costs.indices, data, st.u, st.v, st.col4row, st.row4col,
