@@ -89,7 +89,7 @@ rule sae_quality:
         table=report("results/lm/sae_quality.tsv", caption="../report/sae_quality_table.rst",
                      category="Real model"),
     params:
-        widths={w: width_features(w) for w in WIDTHS},
+        widths=canonical({w: width_features(w) for w in WIDTHS}),
     log:
         "logs/lm/sae_quality.log",
     conda:

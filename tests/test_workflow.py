@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, dry_run_jobs, random_sae, reversed_keys, snakemake, tiny_model_folder
 from conftest import assignment_perms as perms
 
@@ -265,6 +266,28 @@ def test_reordered_config_keys_rerun_nothing(full_run):
                         for rule, out in jobs), jobs
 
 
+SHIPPED_CONFIGS = ["config.yaml", *sorted(p.relative_to(REPO).as_posix()
+                                         for p in (REPO / "config").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("configfile", SHIPPED_CONFIGS)
+def test_params_do_not_depend_on_config_key_order(tmp_path, configfile):
+    """Every shipped config plans, and every job's params, as Snakemake records and compares
+    them, are the same when the config's keys come in reverse order. No run is needed, so the
+    default (trained, two widths) config is checked too, which a finished run could not afford."""
+    config = yaml.safe_load((REPO / configfile).read_text())
+
+    def planned(cfg, name):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        proc = subprocess.run([sys.executable, str(REPO / "tests/planned_params.py"), str(path),
+                               str(tmp_path)], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+
+    given = planned(config, "given.yaml")
+    assert given and given == planned(reversed_keys(config), "reversed.yaml")
+
+
 def test_shuffled_inputs_cannot_mis_assign(full_run, tmp_path):
     """Aggregating steps find each per-pair file by what it records, not by its position: a
     shuffled input list gives the same tables, and a missing or doubled file is an error."""
@@ -442,6 +465,20 @@ def test_saelens_source_reads_a_prefilled_cache_offline(tmp_path):
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".h5"}
               and b"hf_secret_do_not_log" in p.read_bytes()]
     assert not leaked
+
+
+def test_every_reported_file_has_a_caption():
+    """Each report(...) output in the rules names a caption under report/ that exists (the
+    report of a run only renders the rules that config reaches)."""
+    import re
+
+    calls = [(smk.name, call) for smk in sorted((REPO / "rules").glob("*.smk"))
+             for call in re.findall(r"\breport\((.*?)\)", smk.read_text(), flags=re.S)]
+    assert len(calls) >= 19
+    for name, call in calls:
+        caption = re.search(r'caption="\.\./(report/[\w.]+\.rst)"', call)
+        assert caption, f"{name}: report({call}) has no caption"
+        assert (REPO / caption[1]).read_text().strip(), f"{name}: {caption[1]} is empty"
 
 
 def test_lint_is_clean():
