@@ -118,10 +118,44 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     try:
         return dict(load_file(str(path)))
-    except TypeError:  # bfloat16 has no numpy dtype; torch widens it to float32 exactly
-        from safetensors.torch import load_file as load_torch
+    except TypeError:  # bfloat16 has no numpy dtype (Llama Scope's weights, bf16 SAELens SAEs)
+        return _read_safetensors_widening(path)
 
-        return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+
+# safetensors dtypes numpy reads as they are (little-endian); BF16 is widened by its bits.
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors_widening(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file read from its header, bfloat16 widened to float32 exactly (a bfloat16
+    is the upper 16 bits of a float32), without torch: the fold job's environment
+    (envs/core.yaml) has none."""
+    import struct
+
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        bf16 = info["dtype"] == "BF16"
+        dtype = np.dtype("<u2" if bf16 else _SAFETENSORS_DTYPES.get(info["dtype"], "V"))
+        if dtype.kind == "V" or end - start != count * dtype.itemsize:
+            raise SAEMatchError(f"{path}: tensor {name!r}: unsupported dtype {info['dtype']} or "
+                                "size that does not match its shape")
+        data = np.fromfile(path, dtype=dtype, count=count, offset=8 + n + start)
+        if data.size != count:
+            raise SAEMatchError(f"{path}: tensor {name!r} is truncated")
+        if bf16:
+            data = data.astype("<u4")
+            data <<= 16
+            data = data.view("<f4")
+        out[name] = data.reshape(shape)
+    return out
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -295,7 +295,8 @@ def chain_family(tmp_path):
             ["sun", "trees", "cat", "dog", "sand", "sky"]]
     files = []
     for L, names in enumerate(expl):
-        ev = E.Evidence(layer=L, threshold=np.ones(6), explanation=names)
+        ev = E.Evidence(layer=L, threshold=np.ones(6), explanation=names,
+                        neuronpedia_id=f"toy/{L}-res")
         files.append(tmp_path / f"ev_{L}.h5")
         E.write_evidence(files[-1], ev)
     return perms, lengths, files
@@ -343,6 +344,9 @@ def test_judge_step_with_a_loopback_endpoint(tmp_path, monkeypatch):
         want = "SAME" if r.explanation_a == r.explanation_b else (
             "MAYBE" if r.explanation_a[:3] == r.explanation_b[:3] else "DIFFERENT")
         assert r.answer == want
+        # each judged feature links to its Neuronpedia page (the SAE's id, from its evidence)
+        assert r.neuronpedia_a == f"https://www.neuronpedia.org/toy/{r.layer_a}-res/{r.feature_a}"
+        assert r.neuronpedia_b == f"https://www.neuronpedia.org/toy/{r.layer_b}-res/{r.feature_b}"
     table = pd.read_csv(tmp_path / "t.tsv", sep="\t")
     assert list(table.layer_a) == [0, 1]
     assert table.judged.sum() == len(rows) and table.same.sum() == (rows.answer == "SAME").sum()

@@ -23,7 +23,7 @@ from conftest import REPO, random_sae
 from safetensors.numpy import load_file, save_file
 
 from saematch.errors import SAEMatchError
-from saematch.sae import fold, load_sae, read_meta, save_sae
+from saematch.sae import fold, load_sae, read_arrays, read_meta, save_sae
 from saematch.saelens import format_of
 from saematch.saelens.registry import lookup
 from saematch.sources import neuronpedia_id, neuronpedia_url, sha256
@@ -150,6 +150,33 @@ def test_what_cannot_be_matched_is_refused_with_one_clear_error(case, message):
     with pytest.raises(SAEMatchError) as err:
         load_sae(FIXTURES / case)
     assert message in str(err.value) and str(FIXTURES / case) in str(err.value)
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_training_checkpoints_are_refused(tmp_path, architecture):
+    """A BatchTopK SAE saved with save_model (a training checkpoint: cfg.json says 'batchtopk',
+    as TrainingSAEConfig.to_dict writes it) keeps a top-k per batch, not a threshold per
+    feature; save_inference_model turns it into the JumpReLU SAE that loads
+    (batchtopk_inference)."""
+    folder = copy_case(tmp_path)
+    edit_cfg(folder, architecture=architecture)
+    with pytest.raises(SAEMatchError) as err:
+        load_sae(folder)
+    assert f"SAELens architecture {architecture!r} cannot be matched as a JumpReLU SAE: a " \
+           "BatchTopK training checkpoint; save it with SAELens's save_inference_model" \
+           in str(err.value) and str(folder / "cfg.json") in str(err.value)
+
+
+def test_bfloat16_weights_are_read_exactly_without_torch(monkeypatch):
+    """bfloat16 weights (Llama Scope, bf16 SAELens SAEs) are widened to float32 by their bits,
+    so the jobs that load SAEs need no torch (envs/core.yaml has none)."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    assert_saelens_parameters(load_sae(FIXTURES / "jumprelu_bf16"),
+                              reference(FIXTURES / "jumprelu_bf16"))
+    llama = FIXTURES / "llama_scope/Llama3_1-8B-Base-L0R-8x"
+    raw = read_arrays(llama / "checkpoints/final.safetensors")
+    assert raw["encoder.weight"].dtype == np.float32 and raw["encoder.weight"].shape == (32, 8)
 
 
 def copy_case(tmp_path: Path, case: str = "jumprelu_b_dec_in") -> Path:

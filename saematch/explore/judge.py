@@ -118,7 +118,8 @@ def evidence_explanation(ev: Evidence, i: int, n_tokens: int = 5) -> str:
 def judge_paths(paths: Sequence[tuple[int, int, int]], layers: Sequence[int],
                 perms: Sequence[np.ndarray], evidence: Sequence[Evidence],
                 client: ChatClient) -> list[dict]:
-    """One row per judged step: path, layer_a, feature_a, layer_b, feature_b, answer, raw."""
+    """One row per judged step: path, layer_a, feature_a, layer_b, feature_b, answer, the two
+    explanations, raw, and each feature's Neuronpedia page ('' where the SAE has no id)."""
     from tqdm import tqdm
 
     steps = [(p, s + k, i) for p, (s, i0, length) in enumerate(paths)
@@ -134,7 +135,8 @@ def judge_paths(paths: Sequence[tuple[int, int, int]], layers: Sequence[int],
             answer = parse_answer(raw)
         rows.append({"path": p, "layer_a": layers[t], "feature_a": i, "layer_b": layers[t + 1],
                      "feature_b": j, "answer": answer, "explanation_a": a, "explanation_b": b,
-                     "raw": raw.strip()})
+                     "raw": raw.strip(), "neuronpedia_a": evidence[t].neuronpedia_url(i),
+                     "neuronpedia_b": evidence[t + 1].neuronpedia_url(j)})
     return rows
 
 
