@@ -10,7 +10,7 @@ A script, not a test. For each size it builds two synthetic JumpReLU SAEs (``--g
 
 Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A and B included):
 
-- ``gemm``: one plain blockwise GEMM pass over all n x n pairs (torch.mm into a reused block,
+- ``gemm``: one plain blockwise GEMM pass over all n x n pairs (``saematch.gemm.gemm_blocks``,
   nothing kept): the floor of any exact method that looks at every pair;
 - ``certified``: saematch's certified sparse solver (candidates + sparse LAP + certificate);
 - ``dense``: saematch's dense path (cost matrix float32 blockwise + LAPJV in float64), what

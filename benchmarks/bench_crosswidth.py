@@ -13,7 +13,7 @@ them as params.npz under benchmarks/out/cache/, then times in fresh subprocesses
   ceil(100/alpha) wide rows against the narrow SAE; scoring; children lists), given a
   placeholder injective map for the LAP part (the exact rectangular LAP at 16k x 65k needs the
   certified solver). The null is also timed on its own (``null``, included in ``cross_links``);
-- ``dense``: the exact rectangular LAP with scipy (cost matrix + ``assign_dense``) at sizes that
+- ``dense``: the exact rectangular LAP, dense (cost matrix + ``assign_dense``, LAPJV) at sizes that
   fit in memory.
 
     python benchmarks/bench_crosswidth.py          # 16k x 65k; dense at 2k x 8k and 4k x 16k
