@@ -74,7 +74,7 @@ class Bench:
         if self._model is None:
             folder = self.dir / "model"
             spec = ModelSpec(str(folder)) if folder.exists() else self.spec()
-            self._model = load_model(spec)
+            self._model = load_model(spec, tokenizer=True)
         return self._model
 
     def spec(self) -> ModelSpec:
@@ -84,7 +84,7 @@ class Bench:
     def stage_load(self) -> None:
         r: dict[str, Any] = {}
         with timed(r, "load_source"):
-            model, tok = load_model(self.spec())
+            model, tok = load_model(self.spec(), tokenizer=True)
         r["n_layers"] = model.config.num_hidden_layers
         r["d_model"] = model.config.hidden_size
         r["vocab"] = model.config.vocab_size

@@ -414,11 +414,13 @@ def save_tiny(folder: Path) -> torch.nn.Module:
 
 def test_load_and_export_a_local_model(tmp_path: Path):
     model = save_tiny(tmp_path / "src")
-    loaded, tok = load_model(ModelSpec.from_config({"name": str(tmp_path / "src")}))
+    loaded, tok = load_model(ModelSpec.from_config({"name": str(tmp_path / "src")}),
+                             tokenizer=True)
     assert tok.bos_token_id == BOS and len(decoder_layers(loaded)) == 4
     assert not any(p.requires_grad for p in loaded.parameters())
     export_model(ModelSpec(str(tmp_path / "src")), tmp_path / "copy")
-    again, _ = load_model(ModelSpec(str(tmp_path / "copy")))
+    again, no_tok = load_model(ModelSpec(str(tmp_path / "copy")))
+    assert no_tok is None
     for (k, v), (_, w) in zip(model.state_dict().items(), again.state_dict().items()):
         torch.testing.assert_close(v, w, msg=k)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "src"]

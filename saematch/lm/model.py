@@ -82,15 +82,17 @@ def _one_gguf_parse() -> Iterator[None]:
         gguf.GGUFReader = original
 
 
-def load_model(spec: ModelSpec) -> tuple[nn.Module, Any]:
-    """Model (eval mode, no grad needed) and tokenizer, on the spec's device and dtype."""
+def load_model(spec: ModelSpec, *, tokenizer: bool = False) -> tuple[nn.Module, Any]:
+    """Model (eval mode, no grad needed) on the spec's device and dtype, and with
+    ``tokenizer=True`` its tokenizer (else None: jobs that read stored token ids skip it; Gemma
+    3's 262k-token tokenizer takes about 6 s to load)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, gguf = spec.source()
     kw = {"gguf_file": gguf} if gguf else {}
     try:
         with _one_gguf_parse() if gguf else contextlib.nullcontext():
-            tok = AutoTokenizer.from_pretrained(name, **kw)
+            tok = AutoTokenizer.from_pretrained(name, **kw) if tokenizer else None
             model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, spec.dtype),
                                                          **kw)
     except (OSError, ValueError) as exc:
@@ -107,7 +109,7 @@ def export_model(spec: ModelSpec, folder: str | os.PathLike) -> None:
     270M on 2 cores); the exported folder loads in seconds, so each later workflow job that needs
     the model pays the conversion once, not once per job.
     """
-    model, tok = load_model(spec)
+    model, tok = load_model(spec, tokenizer=True)
     # transformers refuses to serialise a model it believes is GGUF-quantised; after loading the
     # weights are plain float tensors, so drop the quantisation record before saving.
     model.hf_quantizer = None
