@@ -100,7 +100,7 @@ def test_candidate_graph_bounds_hold_for_every_left_out_pair():
 
 def test_certificate_catches_and_repairs_a_non_optimal_sparse_answer():
     A, B = _gadgets(12)
-    graph = candidate_graph(A, B, 1)
+    graph = candidate_graph(A, B, 1, random_k=0)
     ref = _dense(A, B)
     sparse_only = _sparse_only_objective(graph)
     assert sparse_only > ref.objective + 12 * 0.2  # the first sparse answer is wrong
@@ -113,7 +113,7 @@ def test_certificate_catches_and_repairs_a_non_optimal_sparse_answer():
 
 def test_certificate_rejects_wrong_duals():
     A, B = _gadgets(12, seed=1)
-    graph = candidate_graph(A, B, 1)
+    graph = candidate_graph(A, B, 1, random_k=0)
     ref = _dense(A, B)
     res, u, v = certified_assign(A, B, graph=graph, return_duals=True)
     good = check_duals(A, B, graph, u, v)
@@ -155,7 +155,7 @@ def test_k_too_small_for_any_perfect_matching():
     B[:, 0] = 0.5
     B[0] = e1
     A, B = A.astype(np.float32), B.astype(np.float32)
-    graph = candidate_graph(A, B, 1)
+    graph = candidate_graph(A, B, 1, random_k=0)
     assert np.all(graph.costs.tocsc()[:, 0].getnnz() >= 1)
     with pytest.raises(ValueError):  # scipy: no full matching on the candidate graph
         _sparse_only_objective(graph)
@@ -163,12 +163,20 @@ def test_k_too_small_for_any_perfect_matching():
     ref = _dense(A, B)
     assert res.status == "optimal" and res.info["grow_rounds"] >= 1
     assert res.objective == pytest.approx(ref.objective, rel=1e-9)
+    # random partners (a union of random permutations) always hold a perfect matching
+    spread = candidate_graph(A, B, 1, random_k=2)
+    assert spread.nnz > graph.nnz
+    _sparse_only_objective(spread)  # raises if there is no full matching
+    res = certified_assign(A, B, graph=spread)
+    assert res.status == "optimal" and res.info["grow_rounds"] == 0
+    assert res.objective == pytest.approx(ref.objective, rel=1e-9)
+    np.testing.assert_array_equal(res.perm, ref.perm)
 
 
 def test_time_limit_returns_valid_bound():
     A, B = _gadgets(10, seed=2)
     ref = _dense(A, B)
-    res = certified_assign(A, B, k=1, time_limit=0)
+    res = certified_assign(A, B, k=1, random_k=0, time_limit=0)
     assert res.status == "time_limit"
     np.testing.assert_array_equal(np.sort(res.perm), np.arange(20))
     assert res.gap > 0.1

@@ -16,7 +16,8 @@ from .sparse_lap import LapState, solve
 _INF = np.inf
 
 
-def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16, block: int = 4096,
+def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
+                     random_k: int | None = None, block: int = 4096,
                      device: str = "auto", time_limit: float | None = None,
                      tol: float | None = None, graph: CandidateGraph | None = None,
                      add_per_row: int | None = None, rows_per_round: int | None = None,
@@ -26,7 +27,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16, block: int = 
     with proof. ``n_A <= n_B``: a permutation when equal, else an injective map.
 
     ``graph``: a precomputed :func:`candidate_graph` (e.g. from :func:`read_candidates`), built
-    here with ``k`` otherwise. ``tol``: relative tolerance tau (default :data:`TOL` = 2**-21); a
+    here with ``k`` and ``random_k`` otherwise. ``tol``: relative tolerance tau (default :data:`TOL` = 2**-21); a
     pair passes the certificate if ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
     ``time_limit`` (seconds) is checked between GEMM tiles of the certificate and between rounds;
     the candidate pass and the solves that make the matching complete always finish.
@@ -49,8 +50,8 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16, block: int = 
         return (res, np.zeros(0), np.zeros(n_cols)) if return_duals else res
     built = graph is None
     if built:
-        graph = candidate_graph(A, B, k, block=block, device=device, mem_gib=mem_gib,
-                                progress=progress)
+        graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
+                                mem_gib=mem_gib, progress=progress)
     elif graph.shape != (n, n_cols):
         raise SAEMatchError(f"candidate graph is {graph.shape[0]} x {graph.shape[1]}, but A and "
                             f"B are {n} x {n_cols}")
