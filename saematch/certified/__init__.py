@@ -5,7 +5,8 @@ After Lee and Orlin (1993). The dense problem ``min_P sum_i c[i, P(i)]``,
 sparse *candidate graph* and then proved optimal for all pairs:
 
 1. :mod:`.graph`: one blockwise GEMM pass keeps every row's and column's best partners, with
-   bounds for every pair left out, plus random partners so the graph has a perfect matching (``candidate_graph``; HDF5 with ``write_candidates`` /
+   bounds for every pair left out, plus random partners so the graph has a perfect matching
+   (``candidate_graph``; HDF5 with ``write_candidates`` /
    ``read_candidates``);
 2. :mod:`.sparse_lap`: Jonker-Volgenant on the graph (column reduction, augmenting row
    reduction, shortest augmenting paths), with dual potentials u, v that prove the matching
