@@ -27,8 +27,9 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     with proof. ``n_A <= n_B``: a permutation when equal, else an injective map.
 
     ``graph``: a precomputed :func:`candidate_graph` (e.g. from :func:`read_candidates`), built
-    here with ``k`` and ``random_k`` otherwise. ``tol``: relative tolerance tau (default :data:`TOL` = 2**-21); a
-    pair passes the certificate if ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
+    here with ``k`` and ``random_k`` otherwise. ``tol``: relative tolerance tau (default
+    :data:`TOL` = 2**-21); a pair passes the certificate if
+    ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
     ``time_limit`` (seconds) is checked between GEMM tiles of the certificate and between rounds;
     the candidate pass and the solves that make the matching complete always finish.
     Status ``optimal``: certified. ``time_limit``: stopped early. Either way ``gap`` is

@@ -172,13 +172,12 @@ def _pair_dots(A, B, rows, cols, out):
         out[e] = acc
 
 
-def random_partners(n_a: int, n_b: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+def _random_partners(n_a: int, n_b: int, r: int) -> tuple[np.ndarray, np.ndarray]:
     """``r`` random partners per row: the first ``n_a`` entries of ``r`` random permutations of
     the columns (seeded by the shape, so a graph is reproducible)."""
     rng = np.random.default_rng([n_a, n_b, r])
-    cols = np.stack([rng.permutation(n_b)[:n_a] for _ in range(r)], 1) if r else \
-        np.zeros((n_a, 0), np.int64)
-    return np.repeat(np.arange(n_a), r), cols.ravel()
+    cols = np.array([rng.permutation(n_b)[:n_a] for _ in range(r)], np.int64).reshape(r, n_a)
+    return np.repeat(np.arange(n_a), r), cols.T.ravel()
 
 
 def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb: torch.Tensor,
@@ -255,7 +254,7 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
             (rows_l if name.startswith("row") else cols_l)[name] = out
     r_idx = np.repeat(np.arange(n_a), kr)
     c_idx = np.repeat(np.arange(n_b), kc)
-    rnd_r, rnd_c = random_partners(n_a, n_b, min(random_k, n_b))
+    rnd_r, rnd_c = _random_partners(n_a, n_b, min(random_k, n_b))
     rnd_g = np.empty(len(rnd_r), np.float32)
     _pair_dots(A, B, rnd_r, rnd_c, rnd_g)
     rows_all = np.concatenate([r_idx, r_idx, cols_l["col_cost"].idx.ravel(),
