@@ -34,7 +34,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     the candidate pass and the solves that make the matching complete always finish.
     Status ``optimal``: certified. ``time_limit``: stopped early. Either way ``gap`` is
     ``objective - LB`` for the best Lagrangian lower bound seen (``info['lower_bound']``).
-    Each certificate round streams at most ``rows_per_round`` rows (default ``max(256, n/8)``),
+    Each certificate round streams at most ``rows_per_round`` rows (default ``max(256, n/4)``),
     those with the most negative bounds first, and adds each streamed row's ``add_per_row``
     (default ``max(4k, 64)``) best pairs by reduced cost: duals improve between rounds, so rows
     streamed later are streamed fewer times. ``mem_gib`` bounds one GEMM block's temporaries.
@@ -70,7 +70,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     best_lb = -_INF
     status = "optimal"
     kw = dict(m=m, block=block, device=device, mem_gib=mem_gib)
-    max_rows = int(rows_per_round) if rows_per_round else max(256, -(-n // 8))
+    max_rows = int(rows_per_round) if rows_per_round else max(256, -(-n // 4))
     while True:
         t0 = time.monotonic()
         nfail, stuck, steps = solve(costs, st)
