@@ -227,6 +227,11 @@ def _detail(r: dict) -> str:
     return ""
 
 
+def _best_objective(group) -> float | None:
+    """The smallest objective any method of one (generator, n) group found."""
+    return min((r["objective"] for r in group if "objective" in r), default=None)
+
+
 def table(results: list[dict]) -> str:
     """One row per (generator, n, method); ratios to the GEMM pass and the reference permutation
     (certified, else dense)."""
@@ -238,7 +243,7 @@ def table(results: list[dict]) -> str:
         gemm = next((r["wall"] for r in group if r["method"] == "gemm"), None)
         ref = next((r for m in ("certified", "dense") for r in group
                     if r["method"] == m and "perm_sha" in r), None)
-        best = min((r["objective"] for r in group if "objective" in r), default=None)
+        best = _best_objective(group)
         for r in group:
             if "error" in r:
                 lines.append(f"| {key[0]} | {key[1]} | {r['method']} | failed ({r['error']}) |"
@@ -262,9 +267,9 @@ def ratios(results: list[dict]) -> list[str]:
     for key in dict.fromkeys((r["generator"], r["n"]) for r in results if "error" not in r):
         group = {r["method"]: r for r in results
                  if (r.get("generator"), r["n"]) == key and "error" not in r}
-        best = min((r["objective"] for r in group.values() if "objective" in r), default=0.0)
-        exact = {m: r for m, r in group.items()
-                 if r.get("objective", float("inf")) - best <= 1e-9 * abs(best)}
+        best = _best_objective(group.values())
+        exact = {m: r for m, r in group.items() if best is not None
+                 and r.get("objective", float("inf")) - best <= 1e-9 * abs(best)}
         ours = [exact[m] for m in ("certified", "dense") if m in exact]
         peers = [exact[m] for m in PEERS if m in exact]
         out += [f"{key[0]} n={key[1]}: {m} not optimal (objective {group[m]['objective']:.6g} "
