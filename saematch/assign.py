@@ -23,7 +23,7 @@ from .atomic import atomic_path
 from .errors import SAEMatchError
 
 KINDS = ("permutation", "injective", "many_to_one")
-DENSE_MAX_FEATURES = 16384  # auto: dense LAPJV up to this width (see solver_for)
+DENSE_MAX_FEATURES = 8192  # auto: dense LAPJV up to this width (see solver_for)
 
 
 @dataclass
@@ -78,9 +78,10 @@ SOLVERS = ("dense", "certified")
 def solver_for(n_a: int, n_b: int, solver: str = "auto",
                dense_max_features: int = DENSE_MAX_FEATURES) -> str:
     """The exact LAP method for an n_a x n_b problem: ``auto`` is the dense matrix + LAPJV up to
-    ``dense_max_features`` (the faster one there, and its n_a x n_b float64 matrix still fits a
-    node: 16k is 2 GiB), the certified sparse solver above (O(n k) memory). The workflow's rules
-    and :func:`saematch.match` both decide with this."""
+    ``dense_max_features`` (level with the certified solver at 8192, README benchmark), the
+    certified sparse solver above (1.6x faster than LAPJV at 16384, O(n k) memory plus the
+    products where they fit). The workflow's rules and :func:`saematch.match` both decide with
+    this."""
     if solver != "auto":
         if solver not in SOLVERS:
             raise SAEMatchError(f"solver must be auto or one of {SOLVERS}, got {solver!r}")

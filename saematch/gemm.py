@@ -51,19 +51,26 @@ def block_shape(n_rows: int, n_cols: int, block: int, budget: float,
 
 def gemm_blocks(A: np.ndarray, B: np.ndarray, *, block: int = 4096, device: str = "auto",
                 mem_gib: float | None = None, whole_rows: bool = False,
+                into: np.ndarray | None = None,
                 progress: bool = False) -> Iterator[tuple[slice, int, Any]]:
     """Yield ``(rows, c0, G)`` with ``G = A[rows] @ B[c0:c0 + w].T`` (float32; a numpy array on
     the CPU, a torch tensor on CUDA) for every block of one pass over all pairs. ``whole_rows``
     makes every block ``block`` rows by all of B. The buffer is reused: consume G before the
-    next block."""
+    next block. ``into`` (CPU; [n_A, n_B] float32, C order): the blocks are whole rows, computed
+    in place in those rows of ``into``, which then holds all of ``A @ B.T``."""
     dev = device_name(device)
+    if into is not None:
+        if dev != "cpu" or into.shape != (A.shape[0], B.shape[0]) or not into.flags.c_contiguous:
+            raise ValueError("into must be a C-contiguous [n_A, n_B] float32 array, on the CPU")
+        whole_rows = True
     if whole_rows:
         rows_per, tile = min(block, A.shape[0]), B.shape[0]
     else:
         rows_per, tile = block_shape(A.shape[0], B.shape[0], block, budget_bytes(dev, mem_gib))
     rows_per, tile = max(rows_per, 1), max(tile, 1)
     if dev == "cpu":
-        buf, tA, tB = np.empty(rows_per * tile, dtype=np.float32), A, B
+        buf = np.empty(0 if into is not None else rows_per * tile, dtype=np.float32)
+        tA, tB = A, B
     else:
         import torch
         buf = torch.empty(rows_per * tile, dtype=torch.float32, device=dev)
@@ -72,7 +79,8 @@ def gemm_blocks(A: np.ndarray, B: np.ndarray, *, block: int = 4096, device: str 
               for r0 in range(0, A.shape[0], rows_per)]
     for r0, c0 in tqdm(starts, desc="GEMM blocks", unit="block", disable=not progress):
         r1, c1 = min(r0 + rows_per, A.shape[0]), min(c0 + tile, B.shape[0])
-        out = buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+        out = (buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0) if into is None
+               else into[r0:r1])
         if dev == "cpu":
             np.matmul(tA[r0:r1], tB[c0:c1].T, out=out)
         else:

@@ -8,12 +8,15 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from saematch.assign import assign_dense
 from saematch.certified import (
+    TOL,
     candidate_graph,
     certified_assign,
     check_duals,
     read_candidates,
     write_candidates,
 )
+from saematch.certified.certificate import _check
+from saematch.certified.products import ProductStore
 from saematch.costs import cost_matrix
 from saematch.errors import SAEMatchError
 
@@ -64,10 +67,13 @@ def _sparse_only_objective(graph) -> float:
     return float(np.asarray(graph.costs[rows, cols]).sum())
 
 
+# products_gib: None keeps A @ B.T in memory (these sizes always fit), 0 streams every round's
+# rows through the GEMM again, as at widths whose products do not fit
+@pytest.mark.parametrize("products_gib", [None, 0])
 @pytest.mark.parametrize("n,d,k,seed", [(60, 8, 4, 0), (250, 16, 8, 1), (400, 32, 16, 2)])
-def test_matches_dense_scipy(n, d, k, seed):
+def test_matches_dense_scipy(n, d, k, seed, products_gib):
     A, B = _pair(n, d, seed)
-    res = certified_assign(A, B, k=k, block=128)
+    res = certified_assign(A, B, k=k, block=128, products_gib=products_gib)
     ref = _dense(A, B)
     assert res.solver == "certified" and res.status == "optimal"
     assert res.objective == pytest.approx(ref.objective, rel=1e-9)
@@ -98,13 +104,14 @@ def test_candidate_graph_bounds_hold_for_every_left_out_pair():
     np.testing.assert_allclose(g.col_kth, np.sort(C, 0)[k - 1], rtol=1e-6)
 
 
-def test_certificate_catches_and_repairs_a_non_optimal_sparse_answer():
+@pytest.mark.parametrize("products_gib", [None, 0])
+def test_certificate_catches_and_repairs_a_non_optimal_sparse_answer(products_gib):
     A, B = _gadgets(12)
     graph = candidate_graph(A, B, 1, random_k=0)
     ref = _dense(A, B)
     sparse_only = _sparse_only_objective(graph)
     assert sparse_only > ref.objective + 12 * 0.2  # the first sparse answer is wrong
-    res = certified_assign(A, B, graph=graph)
+    res = certified_assign(A, B, graph=graph, products_gib=products_gib)
     assert res.status == "optimal"
     assert res.info["rounds"] > 1 and res.info["violations_added"] >= 12
     assert res.objective == pytest.approx(ref.objective, rel=1e-7)
@@ -213,13 +220,19 @@ def test_bad_inputs():
         certified_assign(A, B, graph=candidate_graph(A[:8], B[:8], 2))
 
 
-def test_certificate_counts_every_violation_exactly():
-    """Duals that make most pairs violate: the streamed count must match a dense recount."""
+@pytest.mark.parametrize("kept", [False, True])
+def test_certificate_counts_every_violation_exactly(kept):
+    """Duals that make most pairs violate: the count, streamed through the GEMM or read from the
+    kept products, must match a dense recount."""
     A, B = _pair(70, 6, 8)
     graph = candidate_graph(A, B, 2)
     C = cost_matrix(A, B).astype(np.float64)
     u, v = np.median(C, axis=1), np.zeros(70)
-    chk = check_duals(A, B, graph, u, v)
+    if kept:
+        chk = _check(A, B, graph, u, v, TOL, snaps=None, m=1, block=16, device="cpu",
+                     mem_gib=None, deadline=None, store=ProductStore.allocate(70, 70))
+    else:
+        chk = check_duals(A, B, graph, u, v)
     outside = np.ones_like(C, dtype=bool)
     coo = graph.costs.tocoo()
     outside[coo.row, coo.col] = False
@@ -228,3 +241,16 @@ def test_certificate_counts_every_violation_exactly():
     assert expected > 1000
     assert not chk.ok and chk.violations == expected
     assert chk.lower_bound <= _dense(A, B).objective
+
+
+def test_kept_products_make_the_candidate_pass_the_only_gemm_pass():
+    """With the products kept, the candidate pass computes A @ B.T once and every certificate
+    round re-reads it: GEMM work is exactly one pass, the answer the same as streaming's."""
+    A, B = _pair(300, 12, 4)
+    kept = certified_assign(A, B, k=2, random_k=1)
+    streamed = certified_assign(A, B, k=2, random_k=1, products_gib=0)
+    assert kept.status == streamed.status == "optimal"
+    assert kept.info["rounds"] > 1 and kept.info["rows_streamed"] > 0
+    assert kept.info["passes"] == 1.0 and streamed.info["passes"] > 1.0
+    np.testing.assert_array_equal(kept.perm, streamed.perm)
+    np.testing.assert_array_equal(kept.perm, _dense(A, B).perm)

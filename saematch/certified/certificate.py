@@ -3,10 +3,10 @@ have ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
 
 Row- and column-level bounds (the candidate pass's k-th values, and for rows streamed in an
 earlier round the margin then observed, corrected for how far the duals moved) settle most rows
-for free; the rest are streamed whole through the GEMM, with the reduced costs selected in the
-same pass (numba, both cores; the selection costs less than the GEMM, so finer pair-level
-screening would not pay on the CPU). Each streamed row hands back its best pairs by reduced
-cost (all violations among them) for the graph.
+for free; the rest are streamed whole, from the products kept in memory (:mod:`.products`) or
+through the GEMM, with the reduced costs selected in the same pass (numba, both cores). Each
+streamed row hands back its best pairs by reduced cost (all violations among them) for the
+graph.
 
 ``gap`` is an honest bound whatever the tolerance: ``objective - LB`` with the Lagrangian lower
 bound ``LB = sum(u) + sum(v) + sum_i min(0, min_j (c_ij - u_i - v_j))`` (square), valid for any
@@ -25,6 +25,7 @@ from ..device import pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
 from .blocks import check_pair
 from .graph import CandidateGraph, _heap_replace
+from .products import ProductStore
 from .sparse_lap import njit
 
 try:
@@ -99,7 +100,7 @@ class DualCheck:
     violations: int  # pairs outside the graph found with c - u - v < -tau (|a|^2 + |b|^2)
     graph_violations: int  # graph edges below the tolerance (0 for duals from the solver)
     lower_bound: float  # Lagrangian bound sum u + sum v + sum_i min(0, row minimum)
-    rows_streamed: int
+    rows_streamed: int  # rows whose every pair was checked (GEMM or product store)
     pairs_streamed: int  # GEMM work of this pass, in (row, column) pairs
     min_reduced_cost: float  # lower bound of the smallest reduced cost of any pair
     new_rows: np.ndarray = field(repr=False, default=None)  # pairs to add (best by reduced cost)
@@ -121,78 +122,89 @@ def _bounds(graph: CandidateGraph, u: np.ndarray, v: np.ndarray,
 
 
 @njit(parallel=True, cache=True)
-def _stream_block(G, t0, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, hg, row_min, viol):
-    """Rows t0.. of the streamed set against columns c0.. (G = their GEMM block): per row, the
-    minimum reduced cost ``c - u - v`` over pairs outside the graph, the count of shifted reduced
-    costs ``c - u - v + sa_i + sb_j`` below 0, and a bounded max-heap of the m smallest shifted
-    ones (with column and inner product). ``c`` is rounded exactly as ``exact_costs`` rounds it;
-    graph edges (``e_col`` sorted within each row) are skipped."""
-    r, w = G.shape
-    for tt in prange(r):
-        t = t0 + tt
-        lo, end = e_ptr[t], e_ptr[t + 1]
-        p = lo + np.searchsorted(e_col[lo:end], c0)
+def _stream_block(G, grow, pos, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, hg, viol):
+    """Rows ``pos`` of the streamed set against columns c0.. (their products in rows ``grow`` of
+    G, a GEMM block or the product store): per row, the count of shifted reduced costs
+    ``c - u - v + sa_i + sb_j`` below 0 and a bounded max-heap of the m smallest (with column
+    and inner product), over pairs outside the graph (``e_col`` sorted within each row). ``c``
+    is rounded exactly as ``exact_costs`` rounds it. The keys of a row are computed first, in a
+    loop the compiler vectorises; the heap then sees only the few keys below its top."""
+    w = G.shape[1]
+    for tt in prange(pos.shape[0]):
+        t = pos[tt]
+        gr = G[grow[tt]]
+        key = np.empty(w)
         ai, ui, si = na[t], u[t], sa[t]
-        top = hv[t, 0]
-        rmin = row_min[t]
+        for jj in range(w):
+            c = max((ai + nb[c0 + jj]) - 2.0 * np.float64(gr[jj]), 0.0)
+            key[jj] = (np.float64(np.float32(c)) - ui - v[c0 + jj]) + si + sb[c0 + jj]
+        lo, end = e_ptr[t], e_ptr[t + 1]
+        for e in range(lo + np.searchsorted(e_col[lo:end], c0), end):
+            if e_col[e] >= c0 + w:
+                break
+            key[e_col[e] - c0] = _INF
         nv = 0
         for jj in range(w):
-            j = c0 + jj
-            if p < end and e_col[p] == j:
-                p += 1
-                continue
-            g = G[tt, jj]
-            c = (ai + nb[j]) - 2.0 * np.float64(g)
-            if c < 0.0:
-                c = 0.0
-            rc = np.float64(np.float32(c)) - ui - v[j]
-            if rc < rmin:
-                rmin = rc
-            key = rc + si + sb[j]
-            if key < 0.0:
-                nv += 1
-            if key < top:
-                _heap_replace(hv[t], hj[t], hg[t], key, j, g)
+            nv += key[jj] < 0.0
+        top = hv[t, 0]
+        for jj in range(w):
+            if key[jj] < top:
+                _heap_replace(hv[t], hj[t], hg[t], key[jj], c0 + jj, gr[jj])
                 top = hv[t, 0]
-        row_min[t] = rmin
         viol[t] += nv
 
 
 def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: np.ndarray,
                  sa: np.ndarray, sb: np.ndarray, m: int, block: int, device: str,
-                 mem_gib: float | None, deadline: float | None):
-    """Exact reduced costs of rows R x all columns outside the graph, by one GEMM pass over
-    those rows (numba selection on the CPU, ``torch.topk`` on CUDA).
+                 mem_gib: float | None, deadline: float | None, store: ProductStore | None):
+    """Exact reduced costs of rows R x all columns outside the graph, from the product ``store``
+    (rows not in it yet are computed into it first) or by one GEMM pass over those rows (numba
+    selection on the CPU, ``torch.topk`` on CUDA).
 
-    Returns per row of R: the minimum reduced cost, its m smallest *shifted* reduced costs
-    ``c - u - v + sa_i + sb_j`` (the tolerance) with their columns and costs, the number of pairs
-    below the tolerance (shifted value < 0), and whether it finished.
+    Returns per row of R: a lower bound of its reduced costs (its smallest shifted one minus the
+    largest shift), its m smallest *shifted* reduced costs ``c - u - v + sa_i + sb_j`` (the
+    tolerance) with their columns and costs, the number of pairs below the tolerance (shifted
+    value < 0), whether it finished, and how many rows went through the GEMM.
     """
     n = B.shape[0]
     mm = min(m, n)
-    AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
     sub = graph.costs[R]
     sub.sort_indices()
     if pick_device(device).type != "cpu":
+        AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
         return _stream_rows_torch(AR, B, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R],
                                   sb, mm, block, device, mem_gib, deadline)
     hv = np.full((len(R), mm), _INF)
     hj = np.zeros((len(R), mm), np.int64)
     hg = np.zeros((len(R), mm), np.float32)
-    row_min = np.full(len(R), _INF)
     viol = np.zeros(len(R), np.int64)
     args = (np.ascontiguousarray(graph.row_sq[R]), graph.col_sq, np.ascontiguousarray(u[R]), v,
             np.ascontiguousarray(sa[R]), sb, sub.indptr.astype(np.int64),
             sub.indices.astype(np.int64))
-    for rows, c0, G in gemm_blocks(AR, B, block=block, device="cpu", mem_gib=mem_gib):
-        if deadline is not None and time.monotonic() > deadline:
-            return row_min, hv, hj, hg, int(viol.sum()), False
-        _stream_block(G, rows.start, c0, *args, hv, hj, hg, row_min, viol)
+    if store is not None:  # rows not kept yet are computed into the store first
+        new = R[store.slot[R] < 0]
+        if len(new):
+            for _ in gemm_blocks(np.ascontiguousarray(A[new]), B, block=block, device="cpu",
+                                 into=store.reserve(new)):
+                if deadline is not None and time.monotonic() > deadline:
+                    return None, hv, hj, hg, 0, False, 0
+            store.keep(new)
+        _stream_block(store.G, store.slot[R], np.arange(len(R)), 0, *args, hv, hj, hg, viol)
+        gemm_rows = len(new)
+    else:
+        AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
+        for rows, c0, G in gemm_blocks(AR, B, block=block, device="cpu", mem_gib=mem_gib):
+            if deadline is not None and time.monotonic() > deadline:
+                return None, hv, hj, hg, int(viol.sum()), False, 0
+            _stream_block(G, np.arange(G.shape[0]), np.arange(rows.start, rows.stop), c0, *args,
+                          hv, hj, hg, viol)
+        gemm_rows = len(R)
     order = np.argsort(hv, axis=1, kind="stable")
     take = np.take_along_axis
-    cost = exact_costs(graph.row_sq[R][:, None], graph.col_sq[take(hj, order, 1)],
-                       take(hg, order, 1))
-    return row_min, take(hv, order, 1), take(hj, order, 1), cost, int(viol.sum()), True
+    hv, hj = take(hv, order, 1), take(hj, order, 1)
+    cost = exact_costs(graph.row_sq[R][:, None], graph.col_sq[hj], take(hg, order, 1))
+    row_min = hv[:, 0] - sa[R] - np.max(sb)
+    return row_min, hv, hj, cost, int(viol.sum()), True, gemm_rows
 
 
 def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, device: str,
@@ -217,7 +229,7 @@ def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, de
         c1 = min(c0 + tile, n)
         if deadline is not None and time.monotonic() > deadline:
             return (row_min.cpu().numpy(), best_rc.cpu().numpy(), best_j.cpu().numpy(),
-                    best_c.cpu().numpy(), nviol, False)
+                    best_c.cpu().numpy(), nviol, False, 0)
         gcols = torch.arange(c0, c1, device=dev)
         lo, hi = np.searchsorted(e_col, [c0, c1])
         er, ec = e_row[lo:hi], e_col[lo:hi] - c0
@@ -243,18 +255,19 @@ def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, de
                 mm)
             del rc, c
     return (row_min.cpu().numpy(), best_rc.cpu().numpy(), best_j.cpu().numpy(),
-            best_c.cpu().numpy(), nviol, True)
+            best_c.cpu().numpy(), nviol, True, len(AR))
 
 
 def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float, *,
            snaps: _Snapshots | None, m: int, block: int, device: str, mem_gib: float | None,
            deadline: float | None, rows_only: np.ndarray | None = None,
-           max_rows: int | None = None) -> DualCheck:
+           max_rows: int | None = None, store: ProductStore | None = None) -> DualCheck:
     """One certificate pass. A pair passes if ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2) - eps``
     (eps: a float64 floor, 2**-40 of the largest dual or squared norm), i.e. if
     ``c_ij - ut_i - vt_j >= 0`` for the shifted duals ``ut = u - tau |a|^2 - eps/2``,
     ``vt = v - tau |b|^2 - eps/2``: decisions use (ut, vt), the lower bound uses (u, v).
-    Rows the O(n) bounds do not settle are streamed whole (at most ``max_rows``, worst first).
+    Rows the O(n) bounds do not settle are streamed whole (at most ``max_rows`` that need the
+    GEMM, worst first; rows kept in ``store`` are re-read and do not count).
     ``rows_only``: stream exactly these rows (to grow stuck rows)."""
     n_rows, n = graph.shape
     g = graph.costs
@@ -278,15 +291,17 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
     else:
         R = np.flatnonzero(test_row < 0) if np.any(test_col < 0) else np.zeros(0, np.int64)
         R = R[np.argsort(test_row[R], kind="stable")]  # worst first
-        if max_rows is not None and len(R) > max_rows:
-            R, truncated = R[:max_rows], True  # the rest waits for the next round
+        if max_rows is not None:  # rows that need the GEMM: the rest waits for the next round
+            gemm = np.flatnonzero(store.slot[R] < 0) if store is not None else np.arange(len(R))
+            if len(gemm) > max_rows:
+                R, truncated = np.delete(R, gemm[max_rows:]), True
     new_r = new_c = np.zeros(0, np.int64)
     new_v = np.zeros(0, np.float32)
-    nviol = new_viol = 0
+    nviol = new_viol = gemm_rows = 0
     complete = True
     if len(R):
-        row_min, brc, bj, bc, nviol, complete = _stream_rows(A, B, graph, R, u, v, sa, sb, m,
-                                                             block, device, mem_gib, deadline)
+        row_min, brc, bj, bc, nviol, complete, gemm_rows = _stream_rows(
+            A, B, graph, R, u, v, sa, sb, m, block, device, mem_gib, deadline, store)
     if len(R) and complete:
         noncand[R] = row_min
         finite = np.isfinite(brc)
@@ -301,7 +316,7 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
     ok = complete and not truncated and nviol == 0 and graph_viol == 0 and rows_only is None
     streamed = len(R) if complete else 0
     return DualCheck(ok=ok, complete=complete, violations=nviol, graph_violations=graph_viol,
-                     lower_bound=lower, rows_streamed=streamed, pairs_streamed=streamed * n,
+                     lower_bound=lower, rows_streamed=streamed, pairs_streamed=gemm_rows * n,
                      min_reduced_cost=float(np.min(row_lb)), new_rows=new_r, new_cols=new_c,
                      new_costs=new_v, new_violations=new_viol)
 

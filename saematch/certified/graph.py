@@ -40,6 +40,7 @@ from ..device import pick_device
 from ..errors import SAEMatchError
 from ..gemm import exact_costs, gemm_blocks, sqnorms
 from .blocks import as_f32
+from .products import ProductStore
 from .sparse_lap import njit
 
 try:
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover
     prange = range
 
 _INF = np.inf
+_RUN = 256  # columns per counting stretch of the row selection
 FORMAT = "saematch-candidates-v2"
 
 
@@ -108,44 +110,68 @@ def _heap_replace(hv, hi, hg, key, j, g):
 
 @njit(parallel=True, cache=True)
 def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
-    """Rows r0.. of the block: keep the k smallest ``nb_j - 2 g`` (cost) and ``-2 g`` (ip)."""
+    """Rows r0.. of the block: keep the k smallest ``nb_j - 2 g`` (cost) and ``-2 g`` (ip).
+    Each stretch of ``_RUN`` columns is first counted for keys below the heaps' tops, in a loop
+    the compiler vectorises; most stretches have none and are skipped."""
     r, w = G.shape
     for t in prange(r):
         i = r0 + t
         top_c = hv_c[i, 0]
         top_p = hv_p[i, 0]
-        for jj in range(w):
-            g = G[t, jj]
-            kp = -2.0 * np.float64(g)
-            kc = nb[c0 + jj] + kp
-            if kc < top_c:
-                _heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
-                top_c = hv_c[i, 0]
-            if kp < top_p:
-                _heap_replace(hv_p[i], hi_p[i], hg_p[i], kp, c0 + jj, g)
-                top_p = hv_p[i, 0]
+        for j0 in range(0, w, _RUN):
+            j1 = min(w, j0 + _RUN)
+            hits = 0
+            for jj in range(j0, j1):
+                kp = -2.0 * np.float64(G[t, jj])
+                hits += (kp < top_p) | (nb[c0 + jj] + kp < top_c)
+            if hits == 0:
+                continue
+            for jj in range(j0, j1):
+                g = G[t, jj]
+                kp = -2.0 * np.float64(g)
+                kc = nb[c0 + jj] + kp
+                if kc < top_c:
+                    _heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
+                    top_c = hv_c[i, 0]
+                if kp < top_p:
+                    _heap_replace(hv_p[i], hi_p[i], hg_p[i], kp, c0 + jj, g)
+                    top_p = hv_p[i, 0]
 
 
 @njit(parallel=True, cache=True)
 def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p, chunk):
-    """Columns c0.. of the block: the same two lists per column, over the block's rows."""
+    """Columns c0.. of the block: the same two lists per column, over the block's rows (each
+    thread a chunk of columns, their heaps' tops in two short arrays for the counting loop)."""
     r, w = G.shape
     nchunks = (w + chunk - 1) // chunk
     for t in prange(nchunks):
         j0 = t * chunk
         j1 = min(w, j0 + chunk)
+        top_c = np.empty(j1 - j0)
+        top_p = np.empty(j1 - j0)
+        for jj in range(j0, j1):
+            top_c[jj - j0] = hv_c[c0 + jj, 0]
+            top_p[jj - j0] = hv_p[c0 + jj, 0]
         for ii in range(r):
             i = r0 + ii
             ai = na[i]
+            hits = 0
+            for jj in range(j0, j1):
+                kp = -2.0 * np.float64(G[ii, jj])
+                hits += (kp < top_p[jj - j0]) | (ai + kp < top_c[jj - j0])
+            if hits == 0:
+                continue
             for jj in range(j0, j1):
                 j = c0 + jj
                 g = G[ii, jj]
                 kp = -2.0 * np.float64(g)
                 kc = ai + kp
-                if kc < hv_c[j, 0]:
+                if kc < top_c[jj - j0]:
                     _heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
-                if kp < hv_p[j, 0]:
+                    top_c[jj - j0] = hv_c[j, 0]
+                if kp < top_p[jj - j0]:
                     _heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
+                    top_p[jj - j0] = hv_p[j, 0]
 
 
 class _Lists:
@@ -205,11 +231,12 @@ def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb:
 
 def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int | None = None,
                     block: int = 4096, device: str = "auto", mem_gib: float | None = None,
-                    progress: bool = False) -> CandidateGraph:
+                    store: ProductStore | None = None, progress: bool = False) -> CandidateGraph:
     """Candidate pairs of A's rows (n_rows <= n_cols of B) by one blockwise GEMM pass: for every
     row and every column its ``k`` smallest costs and its ``k`` largest inner products, with the
     k-th values as bounds, plus ``random_k`` (default ``2 k``) random partners per row.
-    Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``)."""
+    Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). An empty product ``store``
+    (CPU) receives all of ``A @ B.T``: the pass computes it in place."""
     A, B = as_f32(A, "A"), as_f32(B, "B")
     if A.shape[1] != B.shape[1]:
         raise SAEMatchError(f"A and B must have the same feature length, got {A.shape} and "
@@ -237,8 +264,9 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
                         "idx": torch.zeros((n_items, kk), dtype=torch.int64, device=dev),
                         "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
+    fill = store is not None and on_cpu and store.used == 0
     for rows, c0, G in gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
-                                   progress=progress):
+                                   into=store.G if fill else None, progress=progress):
         if on_cpu:
             _select_rows(G, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
                          *_arrays(rows_l["row_ip"]))
@@ -255,8 +283,12 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
     r_idx = np.repeat(np.arange(n_a), kr)
     c_idx = np.repeat(np.arange(n_b), kc)
     rnd_r, rnd_c = _random_partners(n_a, n_b, min(random_k, n_b))
-    rnd_g = np.empty(len(rnd_r), np.float32)
-    _pair_dots(A, B, rnd_r, rnd_c, rnd_g)
+    if fill:
+        store.keep(np.arange(n_a))
+        rnd_g = store.G[rnd_r, rnd_c]
+    else:
+        rnd_g = np.empty(len(rnd_r), np.float32)
+        _pair_dots(A, B, rnd_r, rnd_c, rnd_g)
     rows_all = np.concatenate([r_idx, r_idx, cols_l["col_cost"].idx.ravel(),
                                cols_l["col_ip"].idx.ravel(), rnd_r])
     cols_all = np.concatenate([rows_l["row_cost"].idx.ravel(), rows_l["row_ip"].idx.ravel(),

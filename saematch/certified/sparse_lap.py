@@ -339,9 +339,12 @@ class LapState:
                    row4col=np.full(n_cols, -1, np.int64))
 
 
-def solve(costs: sp.csr_matrix, st: LapState) -> tuple[int, np.ndarray, int]:
+def solve(costs: sp.csr_matrix, st: LapState,
+          reduce: bool = False) -> tuple[int, np.ndarray, int]:
     """Solve (or warm-restart) the assignment on the graph ``costs`` [n_rows, n_cols] in place.
 
+    ``reduce``: on a warm restart of a square problem, also run augmenting row reduction (the
+    driver asks for it when most of the matching is stale, see :func:`certified_assign`).
     Returns (number of rows no augmenting path reached, their mask, Dijkstra steps). With no
     failures, ``st`` holds an optimal matching on the graph and duals that prove it.
     """
@@ -351,14 +354,17 @@ def solve(costs: sp.csr_matrix, st: LapState) -> tuple[int, np.ndarray, int]:
     rectangular = n_rows < n_cols
     if st.cold and not rectangular:
         _column_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col)
-        # JV's augmenting row reduction, on the cold start only: on a warm restart it lowers the
-        # potentials of matched columns that the previous round's certificate was built on, and
-        # the next certificate then finds more violations (gemma 8192: 87 rounds and 10.2 GEMM
-        # passes with it, 10 rounds and 2.2 passes without; same permutation).
         _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col, 2)
     else:
         _warm_start(indptr, costs.indices, data, st.u, st.v, st.col4row, st.row4col,
                     rectangular)
+        # on a warm restart ARR lowers the potentials of matched columns that the previous
+        # certificate's row margins were built on, and the next certificate then finds more
+        # violations (gemma 8192, every round: 87 rounds and 10.2 GEMM passes with it, 10 rounds
+        # and 2.2 passes without); after a round that broke most of the matching it pays
+        if reduce and not rectangular:
+            _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col,
+                                      4)
     st.cold = False
     _row_minima(indptr, costs.indices, data, st.v, st.u, np.empty(n_rows, np.int64))
     stuck = np.zeros(n_rows, dtype=np.bool_)
