@@ -92,8 +92,9 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     max_rows = int(rows_per_round) if rows_per_round else max(256, -(-n // 4))
     # after a certificate that found more violations than rows most of the matching is stale:
     # the warm restart then also runs augmenting row reduction, if the rows' products are kept
-    # (it spoils the margins that spare later rounds a GEMM; gemma 16384: 3.01M -> 2.17M Dijkstra
-    # steps, same permutation; gemma 8192 without the store: 0.99 -> 1.46 GEMM passes)
+    # (it spoils the margins that spare later rounds a GEMM: gemma 8192 without the store, 0.99
+    # -> 1.46 GEMM passes; with it, gemma 16384: 3.01M -> 2.17M Dijkstra steps with 4 passes,
+    # 1.11M with 64 and k pairs per row; same permutation)
     stale = False
     while True:
         t0 = time.monotonic()

@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover
     prange = range
 
 _INF = np.inf
-_RUN = 256  # columns per counting stretch of the row selection
+_RUN = 64  # columns per counting stretch of the row selection
 FORMAT = "saematch-candidates-v2"
 
 

@@ -361,10 +361,12 @@ def solve(costs: sp.csr_matrix, st: LapState,
         # on a warm restart ARR lowers the potentials of matched columns that the previous
         # certificate's row margins were built on, and the next certificate then finds more
         # violations (gemma 8192, every round: 87 rounds and 10.2 GEMM passes with it, 10 rounds
-        # and 2.2 passes without); after a round that broke most of the matching it pays
+        # and 2.2 passes without); after a round that broke most of the matching it pays, and
+        # more passes pay more (gemma 16384, products kept: Dijkstra steps 1.75M with 4 passes,
+        # 1.11M with 64, 0.86M with 256; solve 3.8, 2.4, 2.3 s)
         if reduce and not rectangular:
             _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col,
-                                      4)
+                                      64)
     st.cold = False
     _row_minima(indptr, costs.indices, data, st.v, st.u, np.empty(n_rows, np.int64))
     stuck = np.zeros(n_rows, dtype=np.bool_)
