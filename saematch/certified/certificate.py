@@ -182,14 +182,15 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
             np.ascontiguousarray(sa[R]), sb, sub.indptr.astype(np.int64),
             sub.indices.astype(np.int64))
     if store is not None:  # rows not kept yet are computed into the store first
-        new = R[store.slot[R] < 0]
+        new = R[~store.kept[R]]
         if len(new):
-            for _ in gemm_blocks(np.ascontiguousarray(A[new]), B, block=block, device="cpu",
-                                 into=store.reserve(new)):
+            for rows, c0, G in gemm_blocks(np.ascontiguousarray(A[new]), B, block=block,
+                                           device="cpu", mem_gib=mem_gib):
                 if deadline is not None and time.monotonic() > deadline:
                     return None, hv, hj, hg, 0, False, 0
-            store.keep(new)
-        _stream_block(store.G, store.slot[R], np.arange(len(R)), 0, *args, hv, hj, hg, viol)
+                store.G[new[rows], c0:c0 + G.shape[1]] = G
+            store.kept[new] = True
+        _stream_block(store.G, R, np.arange(len(R)), 0, *args, hv, hj, hg, viol)
         gemm_rows = len(new)
     else:
         AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
@@ -292,7 +293,7 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
         R = np.flatnonzero(test_row < 0) if np.any(test_col < 0) else np.zeros(0, np.int64)
         R = R[np.argsort(test_row[R], kind="stable")]  # worst first
         if max_rows is not None:  # rows that need the GEMM: the rest waits for the next round
-            gemm = np.flatnonzero(store.slot[R] < 0) if store is not None else np.arange(len(R))
+            gemm = np.flatnonzero(~store.kept[R]) if store is not None else np.arange(len(R))
             if len(gemm) > max_rows:
                 R, truncated = np.delete(R, gemm[max_rows:]), True
     new_r = new_c = np.zeros(0, np.int64)

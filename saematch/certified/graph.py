@@ -235,8 +235,8 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
     """Candidate pairs of A's rows (n_rows <= n_cols of B) by one blockwise GEMM pass: for every
     row and every column its ``k`` smallest costs and its ``k`` largest inner products, with the
     k-th values as bounds, plus ``random_k`` (default ``2 k``) random partners per row.
-    Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). An empty product ``store``
-    (CPU) receives all of ``A @ B.T``: the pass computes it in place."""
+    Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). A product ``store`` (CPU)
+    receives all of ``A @ B.T``: the pass computes it in place."""
     A, B = as_f32(A, "A"), as_f32(B, "B")
     if A.shape[1] != B.shape[1]:
         raise SAEMatchError(f"A and B must have the same feature length, got {A.shape} and "
@@ -264,7 +264,7 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
                         "idx": torch.zeros((n_items, kk), dtype=torch.int64, device=dev),
                         "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
-    fill = store is not None and on_cpu and store.used == 0
+    fill = store is not None and on_cpu
     for rows, c0, G in gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
                                    into=store.G if fill else None, progress=progress):
         if on_cpu:
@@ -283,8 +283,8 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
     r_idx = np.repeat(np.arange(n_a), kr)
     c_idx = np.repeat(np.arange(n_b), kc)
     rnd_r, rnd_c = _random_partners(n_a, n_b, min(random_k, n_b))
-    if fill:
-        store.keep(np.arange(n_a))
+    if fill:  # the products are at hand: read the random pairs instead of n random_k dots
+        store.kept[:] = True
         rnd_g = store.G[rnd_r, rnd_c]
     else:
         rnd_g = np.empty(len(rnd_r), np.float32)

@@ -15,24 +15,14 @@ import numpy as np
 
 @dataclass
 class ProductStore:
-    """``G[slot[i]] = a_i . B.T`` (float32, as :func:`saematch.gemm.gemm_blocks` rounds it) for
-    every row i with ``slot[i] >= 0``. ``G`` is allocated uncommitted (``np.empty``): memory is
-    taken only by the rows written."""
+    """``G[i] = a_i . B.T`` (float32, as :func:`saematch.gemm.gemm_blocks` rounds it) for every
+    row i with ``kept[i]``. ``G`` is allocated uncommitted (``np.empty``): memory is taken only
+    by the rows written. A row counts as kept only once all of it is written, so a GEMM stopped
+    half-way leaves no row that looks done."""
 
     G: np.ndarray  # [n_rows, n_cols] float32
-    slot: np.ndarray  # [n_rows] int64, -1: not computed yet
-    used: int = 0
+    kept: np.ndarray  # [n_rows] bool
 
     @classmethod
     def allocate(cls, n_rows: int, n_cols: int) -> ProductStore:
-        return cls(G=np.empty((n_rows, n_cols), np.float32), slot=np.full(n_rows, -1, np.int64))
-
-    def reserve(self, rows: np.ndarray) -> np.ndarray:
-        """The block of ``G`` to write the products of ``rows`` (none kept yet) to, in order.
-        They count as kept only after :meth:`keep`, so an interrupted write leaves none."""
-        return self.G[self.used:self.used + len(rows)]
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Mark the rows just written to the block :meth:`reserve` returned."""
-        self.slot[rows] = self.used + np.arange(len(rows))
-        self.used += len(rows)
+        return cls(G=np.empty((n_rows, n_cols), np.float32), kept=np.zeros(n_rows, bool))
