@@ -218,7 +218,8 @@ def _gib(b: float) -> str:
 def _detail(r: dict) -> str:
     if r["method"] == "certified":
         return (f"{r['status']}, gap {r['gap']:.1e}, {int(r['rounds'])} rounds, "
-                f"{r['passes']:.2f} passes, cand {r['t_candidates']:.1f} + solve "
+                f"{r['passes']:.2f} passes + {r.get('screen_passes', 0.0):.2f} in bf16, "
+                f"cand {r['t_candidates']:.1f} + solve "
                 f"{r['t_solve']:.1f} + cert {r['t_certify']:.1f} s")
     if "t_cost" in r:
         return f"cost {r['t_cost']:.1f} + LAP {r['wall'] - r['t_cost']:.1f} s"

@@ -13,8 +13,9 @@ sparse *candidate graph* and then proved optimal for all pairs:
    optimal on the graph, warm-started when edges are added;
 3. :mod:`.certificate`: every pair must have ``c_ij - u_i - v_j >= -tol (|a_i|^2 + |b_j|^2)``;
    bounds settle most rows, the rest are streamed through the GEMM (or re-read from
-   :mod:`.products`, ``A @ B.T`` kept in memory where it fits), and their violating pairs join
-   the graph (``check_duals``);
+   :mod:`.products`, ``A @ B.T`` kept in memory where it fits; or, where it does not, screened
+   by a bf16 GEMM with an error bound, :mod:`.screen`), and their violating pairs join the graph
+   (``check_duals``);
 4. :mod:`.driver`: ``certified_assign`` repeats 2-3 until nothing violates.
 
 Tolerance: a cost is a float32 rounding of ``|a|^2 + |b|^2 - 2 a.b`` computed with a float32
@@ -23,8 +24,9 @@ computed in blocks of another shape differs by that much). The default ``tol`` =
 of that scale, per pair) is the resolution of the data, not of the method.
 """
 from .certificate import TOL, DualCheck, check_duals
-from .driver import PRODUCTS_GIB, certified_assign, products_bytes
+from .driver import certified_assign
 from .graph import CandidateGraph, candidate_graph, read_candidates, write_candidates
+from .products import PRODUCTS_GIB, products_bytes
 
 __all__ = ["PRODUCTS_GIB", "TOL", "CandidateGraph", "DualCheck", "candidate_graph",
            "certified_assign", "check_duals", "products_bytes", "read_candidates",

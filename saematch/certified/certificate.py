@@ -3,10 +3,10 @@ have ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
 
 Row- and column-level bounds (the candidate pass's k-th values, and for rows streamed in an
 earlier round the margin then observed, corrected for how far the duals moved) settle most rows
-for free; the rest are streamed whole, from the products kept in memory (:mod:`.products`) or
-through the GEMM, with the reduced costs selected in the same pass (numba, both cores). Each
-streamed row hands back its best pairs by reduced cost (all violations among them) for the
-graph.
+for free; the rest are streamed whole, from the products kept in memory (:mod:`.products`),
+through the GEMM, or through a bf16 GEMM with a rigorous error bound (:mod:`.screen`), with the
+reduced costs selected in the same pass (numba, both cores). Each streamed row hands back its
+best pairs by reduced cost (all violations among them) for the graph.
 
 ``gap`` is an honest bound whatever the tolerance: ``objective - LB`` with the Lagrangian lower
 bound ``LB = sum(u) + sum(v) + sum_i min(0, min_j (c_ij - u_i - v_j))`` (square), valid for any
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,8 +25,10 @@ import torch
 from ..device import pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
 from .blocks import check_pair
-from .graph import CandidateGraph, _heap_replace
+from .graph import CandidateGraph
+from .kernels import heap_replace
 from .products import ProductStore
+from .screen import Screen, screen_rows
 from .sparse_lap import njit
 
 try:
@@ -101,7 +104,8 @@ class DualCheck:
     graph_violations: int  # graph edges below the tolerance (0 for duals from the solver)
     lower_bound: float  # Lagrangian bound sum u + sum v + sum_i min(0, row minimum)
     rows_streamed: int  # rows whose every pair was checked (GEMM or product store)
-    pairs_streamed: int  # GEMM work of this pass, in (row, column) pairs
+    pairs_streamed: int  # float32 GEMM work of this pass, in (row, column) pairs
+    pairs_screened: int  # bf16 GEMM work of this pass (:mod:`.screen`)
     min_reduced_cost: float  # lower bound of the smallest reduced cost of any pair
     new_rows: np.ndarray = field(repr=False, default=None)  # pairs to add (best by reduced cost)
     new_cols: np.ndarray = field(repr=False, default=None)
@@ -149,29 +153,45 @@ def _stream_block(G, grow, pos, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, 
         top = hv[t, 0]
         for jj in range(w):
             if key[jj] < top:
-                _heap_replace(hv[t], hj[t], hg[t], key[jj], c0 + jj, gr[jj])
+                heap_replace(hv[t], hj[t], hg[t], key[jj], c0 + jj, gr[jj])
                 top = hv[t, 0]
         viol[t] += nv
 
 
+class _Streamed(NamedTuple):
+    """What streaming rows R found, per row of R: a lower bound of its reduced costs, its m best
+    pairs outside the graph by shifted reduced cost ``c - u - v + sa_i + sb_j`` (sorted; +inf
+    where the row has fewer), their costs, a lower bound of the shifted reduced cost of every
+    pair left out of those (+inf: none left), and its pairs below the tolerance."""
+
+    row_min: np.ndarray
+    keys: np.ndarray
+    cols: np.ndarray
+    costs: np.ndarray
+    kth: np.ndarray
+    violations: np.ndarray
+    gemm_rows: int  # rows that went through the float32 GEMM
+    screened_rows: int  # rows that went through the bf16 screen
+
+
 def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: np.ndarray,
                  sa: np.ndarray, sb: np.ndarray, m: int, block: int, device: str,
-                 mem_gib: float | None, deadline: float | None, store: ProductStore | None):
+                 mem_gib: float | None, deadline: float | None, store: ProductStore | None,
+                 screen: Screen | None = None) -> _Streamed | None:
     """Exact reduced costs of rows R x all columns outside the graph, from the product ``store``
-    (rows not in it yet are computed into it first) or by one GEMM pass over those rows (numba
-    selection on the CPU, ``torch.topk`` on CUDA).
-
-    Returns per row of R: a lower bound of its reduced costs (its smallest shifted one minus the
-    largest shift), its m smallest *shifted* reduced costs ``c - u - v + sa_i + sb_j`` (the
-    tolerance) with their columns and costs, the number of pairs below the tolerance (shifted
-    value < 0), whether it finished, and how many rows went through the GEMM.
-    """
+    (rows not in it yet are computed into it first), through the bf16 screen (:mod:`.screen`)
+    or by one float32 GEMM pass over those rows (numba selection on the CPU, ``torch.topk`` on
+    CUDA). None if the deadline stopped it."""
     n = B.shape[0]
     mm = min(m, n)
     sub = graph.costs[R]
     sub.sort_indices()
-    if pick_device(device).type != "cpu":
-        AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
+    on_cpu = pick_device(device).type == "cpu"
+    AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
+    if screen is not None and store is None and on_cpu:
+        return _screen(screen, A, B, AR, graph, R, sub, u, v, sa, sb, mm, block, device,
+                       mem_gib, deadline)
+    if not on_cpu:
         return _stream_rows_torch(AR, B, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R],
                                   sb, mm, block, device, mem_gib, deadline)
     hv = np.full((len(R), mm), _INF)
@@ -186,17 +206,16 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
         if len(new):
             for rows, c0, G in gemm_blocks(np.ascontiguousarray(A[new]), B, block=block,
                                            device="cpu", mem_gib=mem_gib):
-                if deadline is not None and time.monotonic() > deadline:
-                    return None, hv, hj, hg, 0, False, 0
+                if _past(deadline):
+                    return None
                 store.G[new[rows], c0:c0 + G.shape[1]] = G
             store.kept[new] = True
         _stream_block(store.G, R, np.arange(len(R)), 0, *args, hv, hj, hg, viol)
         gemm_rows = len(new)
     else:
-        AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
         for rows, c0, G in gemm_blocks(AR, B, block=block, device="cpu", mem_gib=mem_gib):
-            if deadline is not None and time.monotonic() > deadline:
-                return None, hv, hj, hg, int(viol.sum()), False, 0
+            if _past(deadline):
+                return None
             _stream_block(G, np.arange(G.shape[0]), np.arange(rows.start, rows.stop), c0, *args,
                           hv, hj, hg, viol)
         gemm_rows = len(R)
@@ -204,8 +223,47 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
     take = np.take_along_axis
     hv, hj = take(hv, order, 1), take(hj, order, 1)
     cost = exact_costs(graph.row_sq[R][:, None], graph.col_sq[hj], take(hg, order, 1))
-    row_min = hv[:, 0] - sa[R] - np.max(sb)
-    return row_min, hv, hj, cost, int(viol.sum()), True, gemm_rows
+    return _Streamed(row_min=hv[:, 0] - sa[R] - np.max(sb), keys=hv, cols=hj, costs=cost,
+                     kth=_kth(hv), violations=viol, gemm_rows=gemm_rows, screened_rows=0)
+
+
+def _kth(keys: np.ndarray) -> np.ndarray:
+    """Per row, the largest of its kept keys, or +inf where it kept fewer than the heap held
+    (then no pair of the row is left out)."""
+    finite = np.isfinite(keys)
+    return np.where(finite.all(1), np.max(np.where(finite, keys, -_INF), axis=1), _INF)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
+def _screen(screen: Screen, A, B, AR, graph: CandidateGraph, R, sub, u, v, sa, sb, mm: int,
+            block: int, device: str, mem_gib: float | None,
+            deadline: float | None) -> _Streamed | None:
+    """:func:`_stream_rows` through the bf16 screen. A row's violations are exact when all its
+    open pairs fit its m best; otherwise the proven ones count. A row with more open pairs
+    than that and none proven, in a pass that proved none anywhere, is streamed in float32."""
+    s = screen_rows(screen, AR, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R], sb, mm,
+                    block, mem_gib, lambda: _past(deadline))
+    if s is None:
+        return None
+    found = (s.keys < 0).sum(1)
+    over = s.n_open > np.isfinite(s.lower).sum(1)
+    viol = np.where(over, np.maximum(found, s.n_proven), found)
+    res = _Streamed(row_min=s.lower[:, 0] - sa[R] - np.max(sb), keys=s.keys, cols=s.cols,
+                    costs=s.costs, kth=_kth(s.lower), violations=viol, gemm_rows=0,
+                    screened_rows=len(R))
+    if viol.sum() or not over.any():
+        return res
+    redo = np.flatnonzero(over)
+    exact = _stream_rows(A, B, graph, R[redo], u, v, sa, sb, mm, block, device, mem_gib,
+                         deadline, None)
+    if exact is None:
+        return None
+    for name in ("row_min", "keys", "cols", "costs", "kth", "violations"):
+        getattr(res, name)[redo] = getattr(exact, name)
+    return res._replace(gemm_rows=exact.gemm_rows)
 
 
 def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, device: str,
@@ -221,16 +279,15 @@ def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, de
     best_j = torch.zeros((len(AR), mm), dtype=torch.int64, device=dev)
     best_c = torch.zeros((len(AR), mm), dtype=torch.float32, device=dev)
     row_min = torch.full((len(AR),), _INF, **f64)
-    nviol = 0
+    viol = torch.zeros(len(AR), dtype=torch.int64, device=dev)
     e_row = np.repeat(np.arange(len(AR)), np.diff(sub.indptr))
     e_col = sub.indices.astype(np.int64)
     order = np.argsort(e_col, kind="stable")
     e_row, e_col = e_row[order], e_col[order]
     for c0 in range(0, n, tile):
         c1 = min(c0 + tile, n)
-        if deadline is not None and time.monotonic() > deadline:
-            return (row_min.cpu().numpy(), best_rc.cpu().numpy(), best_j.cpu().numpy(),
-                    best_c.cpu().numpy(), nviol, False, 0)
+        if _past(deadline):
+            return None
         gcols = torch.arange(c0, c1, device=dev)
         lo, hi = np.searchsorted(e_col, [c0, c1])
         er, ec = e_row[lo:hi], e_col[lo:hi] - c0
@@ -249,27 +306,31 @@ def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, de
             row_min[rows] = torch.minimum(row_min[rows], rc.min(1).values)
             rc += tta[rows][:, None]
             rc += ttb[gcols][None, :]
-            nviol += int((rc < 0).sum())
+            viol[rows] += (rc < 0).sum(1)
             top, j = torch.topk(rc, min(mm, c1 - c0), dim=1, largest=False)
             best_rc[rows], best_j[rows], best_c[rows] = _merge_smallest(
                 best_rc[rows], best_j[rows], best_c[rows], top, gcols[j], torch.gather(c, 1, j),
                 mm)
             del rc, c
-    return (row_min.cpu().numpy(), best_rc.cpu().numpy(), best_j.cpu().numpy(),
-            best_c.cpu().numpy(), nviol, True, len(AR))
+    keys = best_rc.cpu().numpy()
+    return _Streamed(row_min=row_min.cpu().numpy(), keys=keys, cols=best_j.cpu().numpy(),
+                     costs=best_c.cpu().numpy(), kth=_kth(keys), violations=viol.cpu().numpy(),
+                     gemm_rows=len(AR), screened_rows=0)
 
 
 def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float, *,
            snaps: _Snapshots | None, m: int, block: int, device: str, mem_gib: float | None,
            deadline: float | None, rows_only: np.ndarray | None = None,
-           max_rows: int | None = None, store: ProductStore | None = None) -> DualCheck:
+           max_rows: int | None = None, store: ProductStore | None = None,
+           screen: Screen | None = None) -> DualCheck:
     """One certificate pass. A pair passes if ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2) - eps``
     (eps: a float64 floor, 2**-40 of the largest dual or squared norm), i.e. if
     ``c_ij - ut_i - vt_j >= 0`` for the shifted duals ``ut = u - tau |a|^2 - eps/2``,
     ``vt = v - tau |b|^2 - eps/2``: decisions use (ut, vt), the lower bound uses (u, v).
     Rows the O(n) bounds do not settle are streamed whole (at most ``max_rows`` that need the
     GEMM, worst first; rows kept in ``store`` are re-read and do not count).
-    ``rows_only``: stream exactly these rows (to grow stuck rows)."""
+    ``rows_only``: stream exactly these rows (to grow stuck rows). ``screen``: rows not kept
+    in ``store`` go through this bf16 screen (:mod:`.screen`) instead of the float32 GEMM."""
     n_rows, n = graph.shape
     g = graph.costs
     na, nb = graph.row_sq, graph.col_sq
@@ -298,19 +359,19 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
                 R, truncated = np.delete(R, gemm[max_rows:]), True
     new_r = new_c = np.zeros(0, np.int64)
     new_v = np.zeros(0, np.float32)
-    nviol = new_viol = gemm_rows = 0
-    complete = True
-    if len(R):
-        row_min, brc, bj, bc, nviol, complete, gemm_rows = _stream_rows(
-            A, B, graph, R, u, v, sa, sb, m, block, device, mem_gib, deadline, store)
-    if len(R) and complete:
-        noncand[R] = row_min
-        finite = np.isfinite(brc)
-        new_r, new_c, new_v = np.repeat(R, brc.shape[1])[finite.ravel()], bj[finite], bc[finite]
-        new_viol = int((brc[finite] < 0).sum())
-        if snaps is not None:  # every pair still outside has shifted rc >= the largest added
-            kth = np.where(finite.all(1), np.max(np.where(finite, brc, -_INF), axis=1), _INF)
-            snaps.record(R, kth, ut, vt)
+    nviol = new_viol = gemm_rows = screened_rows = 0
+    s = _stream_rows(A, B, graph, R, u, v, sa, sb, m, block, device, mem_gib, deadline, store,
+                     screen) if len(R) else None
+    complete = not len(R) or s is not None
+    if s is not None:
+        noncand[R] = s.row_min
+        finite = np.isfinite(s.keys)
+        new_r, new_c = np.repeat(R, s.keys.shape[1])[finite.ravel()], s.cols[finite]
+        new_v = s.costs[finite]
+        new_viol = int((s.keys[finite] < 0).sum())
+        nviol, gemm_rows, screened_rows = int(s.violations.sum()), s.gemm_rows, s.screened_rows
+        if snaps is not None:  # every pair still outside has shifted rc >= kth
+            snaps.record(R, s.kth, ut, vt)
     row_lb = np.minimum(cand_min, noncand)
     v_lb = v if n_rows == n else np.minimum(v, 0.0)  # duals of sum_i x_ij <= 1 are <= 0
     lower = float(np.sum(u) + np.sum(v_lb) + np.sum(np.minimum(0.0, row_lb)))
@@ -318,6 +379,7 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
     streamed = len(R) if complete else 0
     return DualCheck(ok=ok, complete=complete, violations=nviol, graph_violations=graph_viol,
                      lower_bound=lower, rows_streamed=streamed, pairs_streamed=gemm_rows * n,
+                     pairs_screened=screened_rows * n,
                      min_reduced_cost=float(np.min(row_lb)), new_rows=new_r, new_cols=new_c,
                      new_costs=new_v, new_violations=new_viol)
 

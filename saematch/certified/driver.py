@@ -12,18 +12,11 @@ from ..errors import SAEMatchError
 from .blocks import check_pair
 from .certificate import TOL, _check, _Snapshots
 from .graph import CandidateGraph, add_edges, candidate_graph
-from .products import ProductStore
+from .products import ProductStore, products_bytes
+from .screen import Screen, use_screen
 from .sparse_lap import LapState, solve
 
 _INF = np.inf
-PRODUCTS_GIB = 4.0  # keep A @ B.T in memory up to this size (16384 x 16384 float32 is 1 GiB)
-
-
-def products_bytes(n_rows: int, n_cols: int, products_gib: float | None = None) -> int:
-    """Bytes :func:`certified_assign` keeps for ``A @ B.T`` on the CPU (0: it streams instead)."""
-    size = 4 * n_rows * n_cols
-    return size if size <= (PRODUCTS_GIB if products_gib is None else products_gib) * 2 ** 30 else 0
-
 
 def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
                      random_k: int | None = None, block: int = 4096,
@@ -31,7 +24,8 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
                      tol: float | None = None, graph: CandidateGraph | None = None,
                      add_per_row: int | None = None, rows_per_round: int | None = None,
                      mem_gib: float | None = None, products_gib: float | None = None,
-                     return_duals: bool = False, progress: bool = False) -> Assignment:
+                     screen: str = "auto", return_duals: bool = False,
+                     progress: bool = False) -> Assignment:
     """Exact assignment of A's rows to distinct rows of B minimising ``sum ||a_i - b_P(i)||^2``,
     with proof. ``n_A <= n_B``: a permutation when equal, else an injective map.
 
@@ -50,7 +44,8 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     ``mem_gib`` bounds one GEMM block's temporaries. On the CPU, when all of ``A @ B.T`` fits in
     ``products_gib`` (default :data:`PRODUCTS_GIB`; 0 turns it off) it is kept in memory
     (:mod:`.products`): every row goes through the GEMM once, in the candidate pass when the
-    graph is built here.
+    graph is built here. Otherwise the candidate pass and the streamed rows may go through a
+    bf16 GEMM first (``screen``: "auto", "bf16" or "off"; :func:`.screen.use_screen`).
     ``return_duals=True`` returns ``(assignment, u, v)``. ``match_cost`` holds the graph's float32
     costs, which can differ from :func:`saematch.costs.cost_matrix` in the last ulp.
     """
@@ -58,17 +53,19 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     deadline = None if time_limit is None else t_start + float(time_limit)
     A, B = check_pair(A, B)
     n, n_cols = A.shape[0], B.shape[0]
+    on_cpu = pick_device(device).type == "cpu"
+    screened = use_screen(screen, on_cpu, n, n_cols)  # rejects a bad value before any work
     if n == 0:
         res = one_to_one(Assignment(perm=np.zeros(0, np.int64), match_cost=np.zeros(0),
                                     solver="certified"), n_cols)
         return (res, np.zeros(0), np.zeros(n_cols)) if return_duals else res
     store = (ProductStore.allocate(n, n_cols)
-             if pick_device(device).type == "cpu" and products_bytes(n, n_cols, products_gib)
-             else None)
+             if on_cpu and products_bytes(n, n_cols, products_gib) else None)
+    screened = screened and store is None  # kept products are exact: no screen
     built = graph is None
     if built:
         graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
-                                mem_gib=mem_gib, store=store, progress=progress)
+                                mem_gib=mem_gib, store=store, screen=screen, progress=progress)
     elif graph.shape != (n, n_cols):
         raise SAEMatchError(f"candidate graph is {graph.shape[0]} x {graph.shape[1]}, but A and "
                             f"B are {n} x {n_cols}")
@@ -84,17 +81,21 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     snaps = _Snapshots.empty(n)
     costs = graph.costs
     stats = dict(rounds=0, grow_rounds=0, stuck_rows=0, rows_streamed=0, pairs_streamed=0,
+                 pairs_screened=0,
                  edges_added=0, violations_added=0, violations_found=0, dijkstra_steps=0)
     t_solve = t_cert = 0.0
     best_lb = -_INF
     status = "optimal"
-    kw = dict(m=m, block=block, device=device, mem_gib=mem_gib, store=store)
+    kw = dict(m=m, block=block, device=device, mem_gib=mem_gib, store=store,
+              screen=Screen(B) if screened else None)
     max_rows = int(rows_per_round) if rows_per_round else max(256, -(-n // 4))
     # after a certificate that found more violations than rows most of the matching is stale:
-    # the warm restart then also runs augmenting row reduction, if the rows' products are kept
-    # (it spoils the margins that spare later rounds a GEMM: gemma 8192 without the store, 0.99
-    # -> 1.46 GEMM passes; with it, gemma 16384: 3.01M -> 2.17M Dijkstra steps with 4 passes,
-    # 1.11M with 64 and k pairs per row; same permutation)
+    # the warm restart then also runs augmenting row reduction, if streaming rows again is cheap
+    # (it spoils the margins that spare later rounds a GEMM: gemma 8192 in float32 without the
+    # store, 0.99 -> 1.46 GEMM passes; with the store, gemma 16384: 3.01M -> 2.17M Dijkstra
+    # steps with 4 passes, 1.11M with 64 and k pairs per row; screened in bf16, gemma 16384:
+    # 4.39M -> 2.78M steps for 1.10 -> 1.30 bf16 passes; same permutations)
+    cheap_rows = store is not None or screened
     stale = False
     while True:
         t0 = time.monotonic()
@@ -116,7 +117,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
             chk = _check(A, B, g, st.u, st.v, tau, snaps=snaps, deadline=deadline,
                          max_rows=max_rows, **kw)
             stats["violations_found"] += chk.violations
-            stale = chk.violations > n and store is not None
+            stale = chk.violations > n and cheap_rows
             best_lb = max(best_lb, chk.lower_bound)
             if not chk.ok and (not chk.complete
                                or (deadline is not None and time.monotonic() > deadline)):
@@ -124,6 +125,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
             stats["violations_added"] += chk.new_violations
         stats["rows_streamed"] += chk.rows_streamed
         stats["pairs_streamed"] += chk.pairs_streamed
+        stats["pairs_screened"] += chk.pairs_screened
         t_cert += time.monotonic() - t0
         if not nfail and (chk.ok or status == "time_limit"):
             break
@@ -139,7 +141,8 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     info = dict(k=graph.k, add_per_row=m, edges=int(costs.nnz), edges_candidates=graph.nnz,
                 tol=tau, lower_bound=best_lb, t_candidates=t_cand, t_solve=t_solve,
                 t_certify=t_cert, t_total=time.monotonic() - t_start, graph_built=built,
-                passes=(1.0 if built else 0.0) + stats["pairs_streamed"] / float(n * n_cols),
+                passes=float(built and not screened) + stats["pairs_streamed"] / (n * n_cols),
+                screen_passes=float(built and screened) + stats["pairs_screened"] / (n * n_cols),
                 **stats)
     res = one_to_one(Assignment(perm=perm, match_cost=match, solver="certified", status=status,
                                 gap=max(0.0, objective - best_lb), info=info), n_cols)

@@ -23,7 +23,10 @@ every part; they cost ``n random_k D`` flops, not a pass (gemma generator at 819
 
 Selection costs a few comparisons per GEMM output: on the CPU, numba kernels keep a bounded
 max-heap per row and per column and only touch it when a key beats the current k-th
-(both cores, one pass over each block); on CUDA, ``torch.topk`` of each block.
+(both cores, one pass over each block); on CUDA, ``torch.topk`` of each block. Where the
+products are too large to keep, the CPU may select from upper bounds of the products by a bf16
+GEMM (:mod:`.screen`): the k-th keys are then lower bounds, still valid for every pair left
+out, and the kept pairs get exact inner products.
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ from ..device import pick_device
 from ..errors import SAEMatchError
 from ..gemm import exact_costs, gemm_blocks, sqnorms
 from .blocks import as_f32
+from .kernels import heap_replace, pair_dots
 from .products import ProductStore
+from .screen import Screen, upper_products, use_screen
 from .sparse_lap import njit
 
 try:
@@ -86,28 +91,6 @@ class CandidateGraph:
 
 
 # ------------------------------------------------------------------ selection (numba, CPU)
-@njit(cache=True)
-def _heap_replace(hv, hi, hg, key, j, g):
-    """Replace the root (largest key) of one bounded max-heap and sift down."""
-    k = hv.shape[0]
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        if child + 1 < k and hv[child + 1] > hv[child]:
-            child += 1
-        if hv[child] <= key:
-            break
-        hv[pos] = hv[child]
-        hi[pos] = hi[child]
-        hg[pos] = hg[child]
-        pos = child
-    hv[pos] = key
-    hi[pos] = j
-    hg[pos] = g
-
-
 @njit(parallel=True, cache=True)
 def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
     """Rows r0.. of the block: keep the k smallest ``nb_j - 2 g`` (cost) and ``-2 g`` (ip).
@@ -131,10 +114,10 @@ def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
                 kp = -2.0 * np.float64(g)
                 kc = nb[c0 + jj] + kp
                 if kc < top_c:
-                    _heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
+                    heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
                     top_c = hv_c[i, 0]
                 if kp < top_p:
-                    _heap_replace(hv_p[i], hi_p[i], hg_p[i], kp, c0 + jj, g)
+                    heap_replace(hv_p[i], hi_p[i], hg_p[i], kp, c0 + jj, g)
                     top_p = hv_p[i, 0]
 
 
@@ -167,10 +150,10 @@ def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p, chunk):
                 kp = -2.0 * np.float64(g)
                 kc = ai + kp
                 if kc < top_c[jj - j0]:
-                    _heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
+                    heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
                     top_c[jj - j0] = hv_c[j, 0]
                 if kp < top_p[jj - j0]:
-                    _heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
+                    heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
                     top_p[jj - j0] = hv_p[j, 0]
 
 
@@ -184,18 +167,6 @@ class _Lists:
 
     def kth(self) -> np.ndarray:
         return self.key.max(1)
-
-
-@njit(parallel=True, cache=True)
-def _pair_dots(A, B, rows, cols, out):
-    """``out[e] = a_rows[e] . b_cols[e]`` (float64 accumulation, stored as float32)."""
-    for e in prange(rows.shape[0]):
-        a = A[rows[e]]
-        b = B[cols[e]]
-        acc = 0.0
-        for d in range(a.shape[0]):
-            acc += np.float64(a[d]) * np.float64(b[d])
-        out[e] = acc
 
 
 def _random_partners(n_a: int, n_b: int, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,12 +202,16 @@ def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb:
 
 def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int | None = None,
                     block: int = 4096, device: str = "auto", mem_gib: float | None = None,
-                    store: ProductStore | None = None, progress: bool = False) -> CandidateGraph:
+                    store: ProductStore | None = None, screen: str = "auto",
+                    progress: bool = False) -> CandidateGraph:
     """Candidate pairs of A's rows (n_rows <= n_cols of B) by one blockwise GEMM pass: for every
     row and every column its ``k`` smallest costs and its ``k`` largest inner products, with the
     k-th values as bounds, plus ``random_k`` (default ``2 k``) random partners per row.
     Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). A product ``store`` (CPU)
-    receives all of ``A @ B.T``: the pass computes it in place."""
+    receives all of ``A @ B.T``: the pass computes it in place. Without one, ``screen``
+    (:func:`.screen.use_screen`) may select from upper bounds of the products by a bf16 GEMM,
+    keeping lower bounds of the keys (:func:`.screen.upper_products`); the kept pairs then get
+    exact inner products."""
     A, B = as_f32(A, "A"), as_f32(B, "B")
     if A.shape[1] != B.shape[1]:
         raise SAEMatchError(f"A and B must have the same feature length, got {A.shape} and "
@@ -265,8 +240,12 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
                         "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
     fill = store is not None and on_cpu
-    for rows, c0, G in gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
-                                   into=store.G if fill else None, progress=progress):
+    screened = not fill and use_screen(screen, on_cpu, n_a, n_b)
+    blocks = (upper_products(A, na, Screen(B), block=block, mem_gib=mem_gib, progress=progress)
+              if screened else
+              gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
+                          into=store.G if fill else None, progress=progress))
+    for rows, c0, G in blocks:
         if on_cpu:
             _select_rows(G, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
                          *_arrays(rows_l["row_ip"]))
@@ -288,13 +267,16 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
         rnd_g = store.G[rnd_r, rnd_c]
     else:
         rnd_g = np.empty(len(rnd_r), np.float32)
-        _pair_dots(A, B, rnd_r, rnd_c, rnd_g)
+        pair_dots(A, B, rnd_r, rnd_c, rnd_g)
     rows_all = np.concatenate([r_idx, r_idx, cols_l["col_cost"].idx.ravel(),
                                cols_l["col_ip"].idx.ravel(), rnd_r])
     cols_all = np.concatenate([rows_l["row_cost"].idx.ravel(), rows_l["row_ip"].idx.ravel(),
                                c_idx, c_idx, rnd_c])
     g_all = np.concatenate([rows_l["row_cost"].g.ravel(), rows_l["row_ip"].g.ravel(),
                             cols_l["col_cost"].g.ravel(), cols_l["col_ip"].g.ravel(), rnd_g])
+    if screened:  # the lists hold upper bounds of their products: compute them exactly
+        listed = len(g_all) - len(rnd_g)
+        pair_dots(A, B, rows_all[:listed], cols_all[:listed], g_all[:listed])
     costs = build_csr(rows_all, cols_all, exact_costs(na[rows_all], nb[cols_all], g_all),
                       (n_a, n_b))
     # k-th keys as bounds on c (cost lists) and on c - |a|^2 - |b|^2 (inner-product lists);

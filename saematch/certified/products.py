@@ -12,6 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PRODUCTS_GIB = 4.0  # keep A @ B.T in memory up to this size (16384 x 16384 float32 is 1 GiB)
+
+
+def products_bytes(n_rows: int, n_cols: int, products_gib: float | None = None) -> int:
+    """Bytes :func:`.certified_assign` keeps for ``A @ B.T`` on the CPU (0: it streams)."""
+    size = 4 * n_rows * n_cols
+    return size if size <= (PRODUCTS_GIB if products_gib is None else products_gib) * 2 ** 30 else 0
+
 
 @dataclass
 class ProductStore:
