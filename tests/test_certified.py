@@ -226,10 +226,11 @@ def test_k_too_small_for_any_perfect_matching():
     np.testing.assert_array_equal(res.perm, ref.perm)
 
 
-def test_time_limit_returns_valid_bound():
+@pytest.mark.parametrize("mode", list(MODES))
+def test_time_limit_returns_valid_bound(mode):
     A, B = _gadgets(10, seed=2)
     ref = _dense(A, B)
-    res = certified_assign(A, B, k=1, random_k=0, time_limit=0)
+    res = certified_assign(A, B, k=1, random_k=0, time_limit=0, **MODES[mode])
     assert res.status == "time_limit"
     np.testing.assert_array_equal(np.sort(res.perm), np.arange(20))
     assert res.gap > 0.1

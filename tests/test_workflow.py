@@ -277,15 +277,18 @@ def test_params_do_not_depend_on_config_key_order(tmp_path, configfile):
     default (trained, two widths) config is checked too, which a finished run could not afford."""
     config = yaml.safe_load((REPO / configfile).read_text())
 
-    def planned(cfg, name):
+    def plan(cfg, name):  # both plans run side by side, one process each
         path = tmp_path / name
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        proc = subprocess.run([sys.executable, str(REPO / "tests/planned_params.py"), str(path),
-                               str(tmp_path)], capture_output=True, text=True, check=True)
-        return json.loads(proc.stdout)
+        return subprocess.Popen([sys.executable, str(REPO / "tests/planned_params.py"), str(path),
+                                 str(tmp_path / name.replace(".yaml", ""))],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    given = planned(config, "given.yaml")
-    assert given and given == planned(reversed_keys(config), "reversed.yaml")
+    procs = [plan(config, "given.yaml"), plan(reversed_keys(config), "reversed.yaml")]
+    outs = [proc.communicate() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outs]
+    given, reordered = (json.loads(out) for out, _ in outs)
+    assert given and given == reordered
 
 
 def test_shuffled_inputs_cannot_mis_assign(full_run, tmp_path):
