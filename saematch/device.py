@@ -24,6 +24,11 @@ def device_name(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_cpu(requested: str = "auto") -> bool:
+    """Whether :func:`device_name` is the CPU (without importing torch where it needs not)."""
+    return device_name(requested).split(":")[0] == "cpu"
+
+
 def pick_device(requested: str = "auto") -> "torch.device":
     """:func:`device_name` as a ``torch.device``."""
     import torch

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
-from ..device import pick_device
+from ..device import is_cpu, pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
 from .blocks import check_pair
 from .graph import CandidateGraph
@@ -35,6 +34,8 @@ try:
     from numba import prange
 except ImportError:  # pragma: no cover
     prange = range
+if TYPE_CHECKING:  # torch is imported where CUDA needs it: the CPU paths take 2 s less to start
+    import torch
 
 TOL = 2.0 ** -21  # default relative tolerance tau of the certificate
 _INF = np.inf
@@ -43,6 +44,7 @@ _INF = np.inf
 def _merge_smallest(vals: torch.Tensor, idx: torch.Tensor, extra: torch.Tensor,
                     nv: torch.Tensor, ni: torch.Tensor, ne: torch.Tensor, k: int):
     """Keep the k smallest of two [r, *] candidate lists (values, indices, payload)."""
+    import torch
     cv = torch.cat([vals, nv], 1)
     kk = min(k, cv.shape[1])
     top, pos = torch.topk(cv, kk, dim=1, largest=False)
@@ -186,7 +188,7 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
     mm = min(m, n)
     sub = graph.costs[R]
     sub.sort_indices()
-    on_cpu = pick_device(device).type == "cpu"
+    on_cpu = is_cpu(device)
     AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
     if screen is not None and store is None and on_cpu:
         return _screen(screen, A, B, AR, graph, R, sub, u, v, sa, sb, mm, block, device,
@@ -269,6 +271,7 @@ def _screen(screen: Screen, A, B, AR, graph: CandidateGraph, R, sub, u, v, sa, s
 def _stream_rows_torch(AR, B, sub, na, nb, u, v, sa, sb, mm: int, block: int, device: str,
                        mem_gib: float | None, deadline: float | None):
     """:func:`_stream_rows` with torch on the device (GEMM blocks + ``torch.topk``)."""
+    import torch
     dev = pick_device(device)
     n = B.shape[0]
     rows_per_block, tile = block_shape(len(AR), n, block, budget_bytes(device, mem_gib), 24)

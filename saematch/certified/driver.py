@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..assign import Assignment, one_to_one
-from ..device import pick_device
+from ..device import is_cpu
 from ..errors import SAEMatchError
 from .blocks import check_pair
 from .certificate import TOL, _check, _Snapshots
@@ -53,7 +53,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     deadline = None if time_limit is None else t_start + float(time_limit)
     A, B = check_pair(A, B)
     n, n_cols = A.shape[0], B.shape[0]
-    on_cpu = pick_device(device).type == "cpu"
+    on_cpu = is_cpu(device)
     screened = use_screen(screen, on_cpu, n, n_cols)  # rejects a bad value before any work
     if n == 0:
         res = one_to_one(Assignment(perm=np.zeros(0, np.int64), match_cost=np.zeros(0),

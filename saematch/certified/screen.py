@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..errors import SAEMatchError
@@ -43,6 +42,8 @@ try:
     from numba import prange
 except ImportError:  # pragma: no cover
     prange = range
+if TYPE_CHECKING:
+    import torch
 
 _INF = np.inf
 _OUT = 2.0 ** -8  # bf16 rounding of the GEMM's float32 output, relative to the stored value
@@ -51,6 +52,7 @@ _CHUNK = 4096  # rows converted to bf16 at a time (bounds the float32 temporarie
 
 def bf16_fast() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16)."""
+    import torch
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, name, lambda: False)())
                for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
@@ -72,6 +74,7 @@ def use_screen(screen: str, on_cpu: bool, n_rows: int, n_cols: int) -> bool:
 def bf16_rows(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The rows rounded to bf16, with ``|x - x'|`` and ``|x'|`` per row (float64; the
     difference of a float32 and its bf16 rounding is exact in float32)."""
+    import torch
     out = torch.empty(X.shape, dtype=torch.bfloat16)
     err, norm = np.empty(len(X)), np.empty(len(X))
     for r0 in range(0, len(X), _CHUNK):
@@ -131,6 +134,7 @@ def upper_products(A: np.ndarray, na: np.ndarray, screen: Screen, *, block: int 
     """:func:`saematch.gemm.gemm_blocks` through the bf16 GEMM: blocks ``(rows, c0, U)`` with
     ``U`` (float32) an upper bound of every product in ``A[rows] @ B[c0:c0 + w].T``. Keys that
     fall as the product grows (costs, minus inner products) are then lower bounds."""
+    import torch
     B = screen.B
     A16, p1, p2 = screen.rows(A, na)
     B16, q1, q2 = screen.columns
@@ -218,6 +222,7 @@ def screen_rows(screen: Screen, AR: np.ndarray, sub, na: np.ndarray, nb: np.ndar
     """Rows ``AR`` (their graph rows ``sub``) against all of ``screen.B``, through a bf16 GEMM
     (per-row arrays ``na``, ``u``, ``sa`` are AR's; ``nb``, ``v``, ``sb`` all columns'). None if
     ``deadline_hit()`` turned true between GEMM blocks."""
+    import torch
     B = screen.B
     n, nr = B.shape[0], AR.shape[0]
     A16, p1, p2 = screen.rows(AR, na)
