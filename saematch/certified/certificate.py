@@ -25,7 +25,7 @@ from ..device import is_cpu, pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
 from .blocks import check_pair
 from .graph import CandidateGraph
-from .kernels import heap_replace
+from .kernels import mask_edges, push_smallest
 from .products import ProductStore
 from .screen import Screen, screen_rows
 from .sparse_lap import njit
@@ -144,20 +144,8 @@ def _stream_block(G, grow, pos, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, 
         for jj in range(w):
             c = max((ai + nb[c0 + jj]) - 2.0 * np.float64(gr[jj]), 0.0)
             key[jj] = (np.float64(np.float32(c)) - ui - v[c0 + jj]) + si + sb[c0 + jj]
-        lo, end = e_ptr[t], e_ptr[t + 1]
-        for e in range(lo + np.searchsorted(e_col[lo:end], c0), end):
-            if e_col[e] >= c0 + w:
-                break
-            key[e_col[e] - c0] = _INF
-        nv = 0
-        for jj in range(w):
-            nv += key[jj] < 0.0
-        top = hv[t, 0]
-        for jj in range(w):
-            if key[jj] < top:
-                heap_replace(hv[t], hj[t], hg[t], key[jj], c0 + jj, gr[jj])
-                top = hv[t, 0]
-        viol[t] += nv
+        mask_edges(key, e_ptr, e_col, t, c0)
+        viol[t] += push_smallest(hv[t], hj[t], hg[t], key, c0, gr)
 
 
 class _Streamed(NamedTuple):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..errors import SAEMatchError
 from ..gemm import block_shape, budget_bytes, exact_costs, sqnorms
-from .kernels import heap_replace, pair_dots
+from .kernels import bf16_row, mask_edges, pair_dots, push_smallest
 from .products import products_bytes
 from .sparse_lap import njit
 
@@ -117,10 +117,7 @@ def _upper_block(H, r0, c0, p1, p2, q1, q2, out):
     w = H.shape[1]
     for tt in prange(H.shape[0]):
         t = r0 + tt
-        bits = np.empty(w, np.uint32)
-        for jj in range(w):
-            bits[jj] = np.uint32(H[tt, jj]) << 16
-        h = bits.view(np.float32)
+        h = bf16_row(H, tt)
         a1, a2 = p1[t], p2[t]
         for jj in range(w):
             g = np.float64(h[jj])
@@ -162,16 +159,12 @@ def _screen_block(H, r0, c0, na, nb, u, v, sa, sb, e_ptr, e_col, p1, p2, q1, q2,
                   n_lo, n_hi):
     """Rows r0.. of the streamed set against columns c0.. (``H``: their bf16 products, as
     uint16 bits). Per pair the shifted reduced cost ``c - u - v + sa_i + sb_j`` is bounded from
-    both ends (:func:`_err`); per row, over pairs outside the
-    graph, the counts of lower ends below 0 and of upper ends below 0 (proven violations) and a
+    both ends (:func:`_err`); per row, over pairs outside the graph, the counts of lower ends below 0 and of upper ends below 0 (proven violations) and a
     bounded max-heap of the m smallest lower ends."""
     w = H.shape[1]
     for tt in prange(H.shape[0]):
         t = r0 + tt
-        bits = np.empty(w, np.uint32)
-        for jj in range(w):
-            bits[jj] = np.uint32(H[tt, jj]) << 16
-        h = bits.view(np.float32)
+        h = bf16_row(H, tt)
         lo = np.empty(w)
         hi = np.empty(w)
         ai, ui, si, a1, a2 = na[t], u[t], sa[t], p1[t], p2[t]
@@ -183,24 +176,11 @@ def _screen_block(H, r0, c0, na, nb, u, v, sa, sb, e_ptr, e_col, p1, p2, q1, q2,
             shift = si + sb[j] - ui - v[j]
             lo[jj] = np.float64(np.float32(max(base - e, 0.0))) + shift
             hi[jj] = np.float64(np.float32(max(base + e, 0.0))) + shift
-        start, end = e_ptr[t], e_ptr[t + 1]
-        for e in range(start + np.searchsorted(e_col[start:end], c0), end):
-            if e_col[e] >= c0 + w:
-                break
-            lo[e_col[e] - c0] = _INF
-            hi[e_col[e] - c0] = _INF
-        nl = 0
-        nh = 0
+        mask_edges(lo, e_ptr, e_col, t, c0)
+        mask_edges(hi, e_ptr, e_col, t, c0)
         for jj in range(w):
-            nl += lo[jj] < 0.0
-            nh += hi[jj] < 0.0
-        top = hv[t, 0]
-        for jj in range(w):
-            if lo[jj] < top:
-                heap_replace(hv[t], hj[t], hg[t], lo[jj], c0 + jj, h[jj])
-                top = hv[t, 0]
-        n_lo[t] += nl
-        n_hi[t] += nh
+            n_hi[t] += hi[jj] < 0.0
+        n_lo[t] += push_smallest(hv[t], hj[t], hg[t], lo, c0, h)
 
 
 class Screened(NamedTuple):
