@@ -125,27 +125,34 @@ def _upper_block(H, r0, c0, p1, p2, q1, q2, out):
             out[tt, jj] = g + e * (1.0 + 2.0 ** -20) + 2.0 ** -22 * abs(g)
 
 
+def _bf16_blocks(A16: torch.Tensor, B16: torch.Tensor, rows_per: int, tile: int,
+                 progress: bool = False) -> Iterator[tuple[slice, int, np.ndarray]]:
+    """``(rows, c0, H)`` for every block of ``A16 @ B16.T``: H the bf16 products as uint16 bits
+    (numba has no bf16), in one reused buffer."""
+    import torch
+    buf = torch.empty(rows_per * tile, dtype=torch.bfloat16)
+    starts = [(r0, c0) for c0 in range(0, len(B16), tile) for r0 in range(0, len(A16), rows_per)]
+    for r0, c0 in tqdm(starts, desc="bf16 GEMM blocks", unit="block", disable=not progress):
+        r1, c1 = min(r0 + rows_per, len(A16)), min(c0 + tile, len(B16))
+        H = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+        torch.mm(A16[r0:r1], B16[c0:c1].T, out=H)
+        yield slice(r0, r1), c0, H.view(torch.int16).numpy().view(np.uint16)
+
+
 def upper_products(A: np.ndarray, na: np.ndarray, screen: Screen, *, block: int = 4096,
                    mem_gib: float | None = None,
                    progress: bool = False) -> Iterator[tuple[slice, int, np.ndarray]]:
     """:func:`saematch.gemm.gemm_blocks` through the bf16 GEMM: blocks ``(rows, c0, U)`` with
     ``U`` (float32) an upper bound of every product in ``A[rows] @ B[c0:c0 + w].T``. Keys that
     fall as the product grows (costs, minus inner products) are then lower bounds."""
-    import torch
-    B = screen.B
     A16, p1, p2 = screen.rows(A, na)
     B16, q1, q2 = screen.columns
-    rows_per, tile = block_shape(len(A), len(B), block, budget_bytes("cpu", mem_gib), 6)
-    hbuf = torch.empty(rows_per * tile, dtype=torch.bfloat16)
+    rows_per, tile = block_shape(len(A), len(B16), block, budget_bytes("cpu", mem_gib), 6)
     ubuf = np.empty(rows_per * tile, np.float32)
-    starts = [(r0, c0) for c0 in range(0, len(B), tile) for r0 in range(0, len(A), rows_per)]
-    for r0, c0 in tqdm(starts, desc="bf16 GEMM blocks", unit="block", disable=not progress):
-        r1, c1 = min(r0 + rows_per, len(A)), min(c0 + tile, len(B))
-        H = hbuf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        torch.mm(A16[r0:r1], B16[c0:c1].T, out=H)
-        U = ubuf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
-        _upper_block(H.view(torch.int16).numpy().view(np.uint16), r0, c0, p1, p2, q1, q2, U)
-        yield slice(r0, r1), c0, U
+    for rows, c0, H in _bf16_blocks(A16, B16, rows_per, tile, progress):
+        U = ubuf[:H.size].reshape(H.shape)
+        _upper_block(H, rows.start, c0, p1, p2, q1, q2, U)
+        yield rows, c0, U
 
 
 @njit(cache=True)
@@ -159,8 +166,9 @@ def _screen_block(H, r0, c0, na, nb, u, v, sa, sb, e_ptr, e_col, p1, p2, q1, q2,
                   n_lo, n_hi):
     """Rows r0.. of the streamed set against columns c0.. (``H``: their bf16 products, as
     uint16 bits). Per pair the shifted reduced cost ``c - u - v + sa_i + sb_j`` is bounded from
-    both ends (:func:`_err`); per row, over pairs outside the graph, the counts of lower ends below 0 and of upper ends below 0 (proven violations) and a
-    bounded max-heap of the m smallest lower ends."""
+    both ends (:func:`_err`); per row, over pairs outside the graph, the counts of lower ends
+    below 0 and of upper ends below 0 (proven violations) and a bounded max-heap of the m
+    smallest lower ends."""
     w = H.shape[1]
     for tt in prange(H.shape[0]):
         t = r0 + tt
@@ -202,7 +210,6 @@ def screen_rows(screen: Screen, AR: np.ndarray, sub, na: np.ndarray, nb: np.ndar
     """Rows ``AR`` (their graph rows ``sub``) against all of ``screen.B``, through a bf16 GEMM
     (per-row arrays ``na``, ``u``, ``sa`` are AR's; ``nb``, ``v``, ``sb`` all columns'). None if
     ``deadline_hit()`` turned true between GEMM blocks."""
-    import torch
     B = screen.B
     n, nr = B.shape[0], AR.shape[0]
     A16, p1, p2 = screen.rows(AR, na)
@@ -212,19 +219,13 @@ def screen_rows(screen: Screen, AR: np.ndarray, sub, na: np.ndarray, nb: np.ndar
     hg = np.zeros((nr, m), np.float32)
     n_lo, n_hi = np.zeros(nr, np.int64), np.zeros(nr, np.int64)
     rows_per, tile = block_shape(nr, n, block, budget_bytes("cpu", mem_gib), 2)
-    buf = torch.empty(rows_per * tile, dtype=torch.bfloat16)
     ptr, col = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
-    for c0 in range(0, n, tile):
-        c1 = min(n, c0 + tile)
-        for r0 in range(0, nr, rows_per):
-            if deadline_hit():
-                return None
-            r1 = min(nr, r0 + rows_per)
-            H = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-            torch.mm(A16[r0:r1], B16[c0:c1].T, out=H)
-            _screen_block(H.view(torch.int16).numpy().view(np.uint16), r0, c0, na, nb, u, v,
-                          sa, sb, ptr, col, p1, p2, q1, q2, hv, hj, hg, n_lo, n_hi)
-    del A16, buf
+    for rows, c0, H in _bf16_blocks(A16, B16, rows_per, tile):
+        if deadline_hit():
+            return None
+        _screen_block(H, rows.start, c0, na, nb, u, v, sa, sb, ptr, col, p1, p2, q1, q2, hv,
+                      hj, hg, n_lo, n_hi)
+    del A16
     order = np.argsort(hv, axis=1, kind="stable")
     hv, hj = np.take_along_axis(hv, order, 1), np.take_along_axis(hj, order, 1)
     keys = np.full(hv.shape, _INF)
