@@ -177,10 +177,10 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
     sub = graph.costs[R]
     sub.sort_indices()
     on_cpu = is_cpu(device)
-    AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
     if screen is not None and store is None and on_cpu:
-        return _screen(screen, A, B, AR, graph, R, sub, u, v, sa, sb, mm, block, device,
-                       mem_gib, deadline)
+        return _screen(screen, A, B, graph, R, sub, u, v, sa, sb, mm, block, device, mem_gib,
+                       deadline)
+    AR = A if np.array_equal(R, np.arange(A.shape[0])) else np.ascontiguousarray(A[R])
     if not on_cpu:
         return _stream_rows_torch(AR, B, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R],
                                   sb, mm, block, device, mem_gib, deadline)
@@ -228,13 +228,13 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
-def _screen(screen: Screen, A, B, AR, graph: CandidateGraph, R, sub, u, v, sa, sb, mm: int,
+def _screen(screen: Screen, A, B, graph: CandidateGraph, R, sub, u, v, sa, sb, mm: int,
             block: int, device: str, mem_gib: float | None,
             deadline: float | None) -> _Streamed | None:
     """:func:`_stream_rows` through the bf16 screen. A row's violations are exact when all its
     open pairs fit its m best; otherwise the proven ones count. A row with more open pairs
     than that and none proven, in a pass that proved none anywhere, is streamed in float32."""
-    s = screen_rows(screen, AR, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R], sb, mm,
+    s = screen_rows(screen, R, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R], sb, mm,
                     block, mem_gib, lambda: _past(deadline))
     if s is None:
         return None

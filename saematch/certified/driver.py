@@ -62,10 +62,12 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     store = (ProductStore.allocate(n, n_cols)
              if on_cpu and products_bytes(n, n_cols, products_gib) else None)
     screened = screened and store is None  # kept products are exact: no screen
+    scr = Screen(A, B) if screened else None  # one for the candidate pass and the rounds
     built = graph is None
     if built:
         graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
-                                mem_gib=mem_gib, store=store, screen=screen, progress=progress)
+                                mem_gib=mem_gib, store=store, screen=scr or "off",
+                                progress=progress)
     elif graph.shape != (n, n_cols):
         raise SAEMatchError(f"candidate graph is {graph.shape[0]} x {graph.shape[1]}, but A and "
                             f"B are {n} x {n_cols}")
@@ -87,7 +89,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     best_lb = -_INF
     status = "optimal"
     kw = dict(m=m, block=block, device=device, mem_gib=mem_gib, store=store,
-              screen=Screen(B) if screened else None)
+              screen=scr)
     max_rows = int(rows_per_round) if rows_per_round else max(256, -(-n // 4))
     # after a certificate that found more violations than rows most of the matching is stale:
     # the warm restart then also runs augmenting row reduction, if streaming rows again is cheap

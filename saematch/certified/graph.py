@@ -205,16 +205,16 @@ def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb:
 
 def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int | None = None,
                     block: int = 4096, device: str = "auto", mem_gib: float | None = None,
-                    store: ProductStore | None = None, screen: str = "auto",
+                    store: ProductStore | None = None, screen: str | Screen = "auto",
                     progress: bool = False) -> CandidateGraph:
     """Candidate pairs of A's rows (n_rows <= n_cols of B) by one blockwise GEMM pass: for every
     row and every column its ``k`` smallest costs and its ``k`` largest inner products, with the
     k-th values as bounds, plus ``random_k`` (default ``2 k``) random partners per row.
     Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). A product ``store`` (CPU)
     receives all of ``A @ B.T``: the pass computes it in place. Without one, ``screen``
-    (:func:`.screen.use_screen`) may select from upper bounds of the products by a bf16 GEMM,
-    keeping lower bounds of the keys (:func:`.screen.upper_products`); the kept pairs then get
-    exact inner products."""
+    (:func:`.screen.use_screen`; or a :class:`.screen.Screen` of A and B to use) may select from
+    upper bounds of the products by a bf16 GEMM, keeping lower bounds of the keys
+    (:func:`.screen.upper_products`); the kept pairs then get exact inner products."""
     A, B = as_f32(A, "A"), as_f32(B, "B")
     if A.shape[1] != B.shape[1]:
         raise SAEMatchError(f"A and B must have the same feature length, got {A.shape} and "
@@ -244,8 +244,12 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
                         "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
     fill = store is not None and on_cpu
-    screened = not fill and use_screen(screen, on_cpu, n_a, n_b)
-    blocks = (upper_products(A, na, Screen(B), block=block, mem_gib=mem_gib, progress=progress)
+    if isinstance(screen, Screen):  # the driver's, kept for its certificate rounds
+        screened = not fill and on_cpu
+    else:
+        screened = not fill and use_screen(screen, on_cpu, n_a, n_b)
+        screen = Screen(A, B)
+    blocks = (upper_products(screen, block=block, mem_gib=mem_gib, progress=progress)
               if screened else
               gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
                           into=store.G if fill else None, progress=progress))

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import SAEMatchError
-from ..gemm import block_shape, budget_bytes, exact_costs, sqnorms
+from ..gemm import block_shape, budget_bytes, exact_costs
 from .kernels import bf16_row, mask_edges, pair_dots, push_smallest
 from .products import products_bytes
 from .sparse_lap import njit
@@ -71,42 +71,75 @@ def use_screen(screen: str, on_cpu: bool, n_rows: int, n_cols: int) -> bool:
         screen == "auto" and not products_bytes(n_rows, n_cols) and bf16_fast()))
 
 
-def bf16_rows(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The rows rounded to bf16, with ``|x - x'|`` and ``|x'|`` per row (float64; the
-    difference of a float32 and its bf16 rounding is exact in float32)."""
+def to_bf16(X: np.ndarray) -> torch.Tensor:
+    """X rounded to bf16 (nearest even, torch's conversion)."""
     import torch
-    out = torch.empty(X.shape, dtype=torch.bfloat16)
-    err, norm = np.empty(len(X)), np.empty(len(X))
+    return torch.from_numpy(np.ascontiguousarray(X)).to(torch.bfloat16)
+
+
+def bits(X16: torch.Tensor) -> np.ndarray:
+    """A bf16 tensor's values as uint16 bits (numba has no bf16), without a copy."""
+    import torch
+    return X16.view(torch.int16).numpy().view(np.uint16)
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def _norms(X, H, out):
+    """Per row of X and of its bf16 rounding H (uint16 bits): ``|x|``, ``|x'|`` and
+    ``|x - x'|`` (squares summed in float64 in any order, which lets the compiler vectorise;
+    the difference of a float32 and its bf16 rounding is exact)."""
+    for i in prange(X.shape[0]):
+        h = bf16_row(H, i)
+        s0 = s1 = s2 = 0.0
+        for d in range(X.shape[1]):
+            x = np.float64(X[i, d])
+            y = np.float64(h[d])
+            s0 += x * x
+            s1 += y * y
+            s2 += (x - y) * (x - y)
+        out[i, 0] = np.sqrt(s0)
+        out[i, 1] = np.sqrt(s1)
+        out[i, 2] = np.sqrt(s2)
+
+
+def bf16_norms(X: np.ndarray) -> np.ndarray:
+    """``[|x|, |x'|, |x - x'|]`` per row of X (float64), for ``x'`` its bf16 rounding, made
+    ``_CHUNK`` rows at a time."""
+    out = np.empty((len(X), 3))
     for r0 in range(0, len(X), _CHUNK):
         x = X[r0:r0 + _CHUNK]
-        out[r0:r0 + _CHUNK] = torch.from_numpy(x)
-        back = out[r0:r0 + _CHUNK].float().numpy()
-        norm[r0:r0 + _CHUNK] = np.sqrt(sqnorms(back))
-        back -= x
-        err[r0:r0 + _CHUNK] = np.sqrt(sqnorms(back))
-    return out, err, norm
+        _norms(x, bits(to_bf16(x)), out[r0:r0 + _CHUNK])
+    return out
 
 
 class Screen:
-    """B in bf16 for one solve, made on first use and kept for later rounds (n_B D 2 bytes:
-    0.6 GB at 65536 x 4609), with the bound's terms: ``e = p1_i q1_j + p2_i q2_j`` plus the
-    output rounding, ``p1 = |a - a'| + gamma |a|``, ``p2 = |a'|``, ``q1 = |b|``,
-    ``q2 = |b - b'| + gamma |b'|``."""
+    """A and B in bf16 for one solve, with the bound's terms: ``e = p1_i q1_j + p2_i q2_j``
+    plus the output rounding, ``p1 = |a - a'| + gamma |a|``, ``p2 = |a'|``, ``q1 = |b|``,
+    ``q2 = |b - b'| + gamma |b'|``. B' and the terms are made on first use and kept for later
+    rounds (B': n_B D 2 bytes, 0.6 GB at 65536 x 4609); rows of A' are rounded when asked for
+    (a fast copy: the terms, which take a pass in float64, are kept)."""
 
-    def __init__(self, B: np.ndarray):
-        self.B = B
+    def __init__(self, A: np.ndarray, B: np.ndarray):
+        self.A, self.B = A, B
         self.gamma = B.shape[1] * 2.0 ** -23
 
     @functools.cached_property
     def columns(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """``(B', q1, q2)``."""
-        B16, err, norm = bf16_rows(self.B)
-        return B16, np.sqrt(sqnorms(self.B)), err + self.gamma * norm
+        norm = bf16_norms(self.B)
+        return to_bf16(self.B), norm[:, 0], norm[:, 2] + self.gamma * norm[:, 1]
 
-    def rows(self, A: np.ndarray, na: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """``(A', p1, p2)`` for rows A with squared norms ``na``."""
-        A16, err, norm = bf16_rows(A)
-        return A16, err + self.gamma * np.sqrt(na), norm
+    @functools.cached_property
+    def _row_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        norm = bf16_norms(self.A)
+        return norm[:, 2] + self.gamma * norm[:, 0], norm[:, 1]
+
+    def rows(self, R: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """``(A', p1, p2)`` for the rows R of A (all rows if None)."""
+        p1, p2 = self._row_terms
+        if R is None:
+            return to_bf16(self.A), p1, p2
+        return to_bf16(self.A[R]), p1[R], p2[R]
 
 
 @njit(parallel=True, cache=True)
@@ -136,18 +169,17 @@ def _bf16_blocks(A16: torch.Tensor, B16: torch.Tensor, rows_per: int, tile: int,
         r1, c1 = min(r0 + rows_per, len(A16)), min(c0 + tile, len(B16))
         H = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
         torch.mm(A16[r0:r1], B16[c0:c1].T, out=H)
-        yield slice(r0, r1), c0, H.view(torch.int16).numpy().view(np.uint16)
+        yield slice(r0, r1), c0, bits(H)
 
 
-def upper_products(A: np.ndarray, na: np.ndarray, screen: Screen, *, block: int = 4096,
-                   mem_gib: float | None = None,
+def upper_products(screen: Screen, *, block: int = 4096, mem_gib: float | None = None,
                    progress: bool = False) -> Iterator[tuple[slice, int, np.ndarray]]:
     """:func:`saematch.gemm.gemm_blocks` through the bf16 GEMM: blocks ``(rows, c0, U)`` with
     ``U`` (float32) an upper bound of every product in ``A[rows] @ B[c0:c0 + w].T``. Keys that
     fall as the product grows (costs, minus inner products) are then lower bounds."""
-    A16, p1, p2 = screen.rows(A, na)
+    A16, p1, p2 = screen.rows()
     B16, q1, q2 = screen.columns
-    rows_per, tile = block_shape(len(A), len(B16), block, budget_bytes("cpu", mem_gib), 6)
+    rows_per, tile = block_shape(len(A16), len(B16), block, budget_bytes("cpu", mem_gib), 6)
     ubuf = np.empty(rows_per * tile, np.float32)
     for rows, c0, H in _bf16_blocks(A16, B16, rows_per, tile, progress):
         U = ubuf[:H.size].reshape(H.shape)
@@ -204,15 +236,15 @@ class Screened(NamedTuple):
     n_proven: np.ndarray
 
 
-def screen_rows(screen: Screen, AR: np.ndarray, sub, na: np.ndarray, nb: np.ndarray,
+def screen_rows(screen: Screen, R: np.ndarray, sub, na: np.ndarray, nb: np.ndarray,
                 u: np.ndarray, v: np.ndarray, sa: np.ndarray, sb: np.ndarray, m: int, block: int,
                 mem_gib: float | None, deadline_hit) -> Screened | None:
-    """Rows ``AR`` (their graph rows ``sub``) against all of ``screen.B``, through a bf16 GEMM
-    (per-row arrays ``na``, ``u``, ``sa`` are AR's; ``nb``, ``v``, ``sb`` all columns'). None if
-    ``deadline_hit()`` turned true between GEMM blocks."""
+    """Rows R of ``screen.A`` (their graph rows ``sub``) against all of ``screen.B``, through a
+    bf16 GEMM (per-row arrays ``na``, ``u``, ``sa`` are R's; ``nb``, ``v``, ``sb`` all
+    columns'). None if ``deadline_hit()`` turned true between GEMM blocks."""
     B = screen.B
-    n, nr = B.shape[0], AR.shape[0]
-    A16, p1, p2 = screen.rows(AR, na)
+    n, nr = B.shape[0], len(R)
+    A16, p1, p2 = screen.rows(R)
     B16, q1, q2 = screen.columns
     hv = np.full((nr, m), _INF)
     hj = np.zeros((nr, m), np.int64)
@@ -233,7 +265,7 @@ def screen_rows(screen: Screen, AR: np.ndarray, sub, na: np.ndarray, nb: np.ndar
     rr, cc = np.nonzero(np.isfinite(hv))
     if len(rr):
         g = np.empty(len(rr), np.float32)
-        pair_dots(AR, B, rr, hj[rr, cc], g)
+        pair_dots(screen.A, B, R[rr], hj[rr, cc], g)
         costs[rr, cc] = exact_costs(na[rr], nb[hj[rr, cc]], g)
         keys[rr, cc] = ((costs[rr, cc].astype(np.float64) - u[rr] - v[hj[rr, cc]]) + sa[rr]
                         + sb[hj[rr, cc]])
