@@ -244,12 +244,10 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
                         "g": torch.zeros((n_items, kk), dtype=torch.float32, device=dev)}
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
     fill = store is not None and on_cpu
-    if isinstance(screen, Screen):  # the driver's, kept for its certificate rounds
-        screened = not fill and on_cpu
-    else:
-        screened = not fill and use_screen(screen, on_cpu, n_a, n_b)
-        screen = Screen(A, B)
-    blocks = (upper_products(screen, block=block, mem_gib=mem_gib, progress=progress)
+    shared = isinstance(screen, Screen)  # the driver's, kept for its certificate rounds
+    screened = not fill and (on_cpu if shared else use_screen(screen, on_cpu, n_a, n_b))
+    blocks = (upper_products(screen if shared else Screen(A, B), block=block, mem_gib=mem_gib,
+                             progress=progress)
               if screened else
               gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,
                           into=store.G if fill else None, progress=progress))
