@@ -23,7 +23,7 @@ from .atomic import atomic_path
 from .errors import SAEMatchError
 
 KINDS = ("permutation", "injective", "many_to_one")
-DENSE_MAX_FEATURES = 8192  # auto: dense LAPJV up to this width (see solver_for)
+DENSE_MAX_FEATURES = 4096  # auto: dense LAPJV up to this width (see solver_for)
 
 
 @dataclass
@@ -78,10 +78,11 @@ SOLVERS = ("dense", "certified")
 def solver_for(n_a: int, n_b: int, solver: str = "auto",
                dense_max_features: int = DENSE_MAX_FEATURES) -> str:
     """The exact LAP method for an n_a x n_b problem: ``auto`` is the dense matrix + LAPJV up to
-    ``dense_max_features`` (faster up to 4096; at 8192 level with the certified solver or behind
-    it, README benchmark), the certified sparse solver above (1.65x faster than LAPJV at 16384,
-    O(n k) memory plus the products where they fit). The workflow's rules and
-    :func:`saematch.match` both decide with this."""
+    ``dense_max_features`` (level or ahead up to 4096; from 8192 on the certified solver is
+    ahead on the gemma bench in every warm run and level or ahead on persist, README benchmark), the
+    certified sparse solver above (1.4-1.7x faster than LAPJV at 16384, O(n k) memory plus the
+    products where they fit). The workflow's rules and :func:`saematch.match` both decide with
+    this."""
     if solver != "auto":
         if solver not in SOLVERS:
             raise SAEMatchError(f"solver must be auto or one of {SOLVERS}, got {solver!r}")
