@@ -102,14 +102,17 @@ def _norms(X, H, out):
         out[i, 2] = np.sqrt(s2)
 
 
-def bf16_norms(X: np.ndarray) -> np.ndarray:
-    """``[|x|, |x'|, |x - x'|]`` per row of X (float64), for ``x'`` its bf16 rounding, made
-    ``_CHUNK`` rows at a time."""
-    out = np.empty((len(X), 3))
+def rounded(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """X rounded to bf16, and ``[|x|, |x'|, |x - x'|]`` per row (float64), both from one
+    rounding, made ``_CHUNK`` rows at a time."""
+    import torch
+    X16 = torch.empty(X.shape, dtype=torch.bfloat16)
+    norms = np.empty((len(X), 3))
     for r0 in range(0, len(X), _CHUNK):
         x = X[r0:r0 + _CHUNK]
-        _norms(x, bits(to_bf16(x)), out[r0:r0 + _CHUNK])
-    return out
+        X16[r0:r0 + _CHUNK] = torch.from_numpy(x)
+        _norms(x, bits(X16[r0:r0 + _CHUNK]), norms[r0:r0 + _CHUNK])
+    return X16, norms
 
 
 class Screen:
@@ -122,23 +125,24 @@ class Screen:
     def __init__(self, A: np.ndarray, B: np.ndarray):
         self.A, self.B = A, B
         self.gamma = B.shape[1] * 2.0 ** -23
+        self._row_terms: tuple[np.ndarray, np.ndarray] | None = None
 
     @functools.cached_property
     def columns(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """``(B', q1, q2)``."""
-        norm = bf16_norms(self.B)
-        return to_bf16(self.B), norm[:, 0], norm[:, 2] + self.gamma * norm[:, 1]
-
-    @functools.cached_property
-    def _row_terms(self) -> tuple[np.ndarray, np.ndarray]:
-        norm = bf16_norms(self.A)
-        return norm[:, 2] + self.gamma * norm[:, 0], norm[:, 1]
+        B16, norm = rounded(self.B)
+        return B16, norm[:, 0], norm[:, 2] + self.gamma * norm[:, 1]
 
     def rows(self, R: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """``(A', p1, p2)`` for the rows R of A (all rows if None)."""
+        """``(A', p1, p2)`` for the rows R of A (all rows if None; the terms of every row are
+        made the first time, from that rounding when it is of all rows)."""
+        A16 = None
+        if self._row_terms is None:
+            A16, norm = rounded(self.A)
+            self._row_terms = norm[:, 2] + self.gamma * norm[:, 0], norm[:, 1]
         p1, p2 = self._row_terms
         if R is None:
-            return to_bf16(self.A), p1, p2
+            return (to_bf16(self.A) if A16 is None else A16), p1, p2
         return to_bf16(self.A[R]), p1[R], p2[R]
 
 
