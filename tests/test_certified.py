@@ -77,9 +77,12 @@ def _sparse_only_objective(graph) -> float:
     return float(np.asarray(graph.costs[rows, cols]).sum())
 
 
-# kept: A @ B.T in memory (these sizes always fit); streamed: every round's rows through the
-# float32 GEMM again, as at widths whose products do not fit; bf16: those passes screened in bf16
-MODES = {"kept": dict(products_gib=None), "streamed": dict(products_gib=0, screen="off"),
+# kept: A @ B.T in memory (these sizes always fit), in float32 or as bf16 screen products;
+# streamed: every round's rows through the float32 GEMM again, as at widths whose products do
+# not fit; bf16: those passes screened in bf16
+MODES = {"kept": dict(products_gib=None, screen="off"),
+         "bf16-kept": dict(products_gib=None, screen="bf16"),
+         "streamed": dict(products_gib=0, screen="off"),
          "bf16": dict(products_gib=0, screen="bf16")}
 
 
@@ -276,11 +279,11 @@ def test_bad_inputs():
         certified_assign(A, B, graph=candidate_graph(A[:8], B[:8], 2))
 
 
-@pytest.mark.parametrize("mode", ["streamed", "kept", "bf16"])
+@pytest.mark.parametrize("mode", ["streamed", "kept", "bf16", "bf16-kept"])
 def test_certificate_counts_every_violation_exactly(mode):
     """Duals that make most pairs violate: the count, streamed through the GEMM, read from the
-    kept products or screened in bf16 (with room for every open pair), must match a dense
-    recount."""
+    kept products or screened in bf16 (with room for every open pair; its products computed
+    now or kept), must match a dense recount."""
     A, B = _pair(70, 6, 8)
     graph = candidate_graph(A, B, 2)
     C = cost_matrix(A, B).astype(np.float64)
@@ -288,9 +291,11 @@ def test_certificate_counts_every_violation_exactly(mode):
     kw = dict(snaps=None, block=16, device="cpu", mem_gib=None, deadline=None)
     if mode == "kept":
         chk = _check(A, B, graph, u, v, TOL, m=1, store=ProductStore.allocate(70, 70), **kw)
-    elif mode == "bf16":
-        chk = _check(A, B, graph, u, v, TOL, m=70, screen=Screen(A, B), **kw)
+    elif mode.startswith("bf16"):
+        scr = Screen(A, B, keep=mode == "bf16-kept")
+        chk = _check(A, B, graph, u, v, TOL, m=70, screen=scr, **kw)
         assert chk.pairs_screened > 0 and chk.pairs_streamed == 0
+        assert scr.kept.sum() == (chk.rows_streamed if scr.H is not None else 0)
     else:
         chk = check_duals(A, B, graph, u, v)
     outside = np.ones_like(C, dtype=bool)
@@ -303,14 +308,16 @@ def test_certificate_counts_every_violation_exactly(mode):
     assert chk.lower_bound <= _dense(A, B).objective
 
 
-def test_kept_products_make_the_candidate_pass_the_only_gemm_pass():
-    """With the products kept, the candidate pass computes A @ B.T once and every certificate
-    round re-reads it: GEMM work is exactly one pass, the answer the same as streaming's."""
+@pytest.mark.parametrize("screen,passes", [("off", "passes"), ("bf16", "screen_passes")])
+def test_kept_products_make_the_candidate_pass_the_only_gemm_pass(screen, passes):
+    """With the products kept (float32, or the bf16 screen's), the candidate pass computes
+    A @ B.T once and every certificate round re-reads it: GEMM work is exactly one pass, the
+    answer the same as streaming's."""
     A, B = _pair(300, 12, 4)
-    kept = certified_assign(A, B, k=2, random_k=1)
-    streamed = certified_assign(A, B, k=2, random_k=1, products_gib=0)
+    kept = certified_assign(A, B, k=2, random_k=1, screen=screen)
+    streamed = certified_assign(A, B, k=2, random_k=1, products_gib=0, screen=screen)
     assert kept.status == streamed.status == "optimal"
     assert kept.info["rounds"] > 1 and kept.info["rows_streamed"] > 0
-    assert kept.info["passes"] == 1.0 and streamed.info["passes"] > 1.0
+    assert kept.info[passes] == 1.0 and streamed.info[passes] > 1.0
     np.testing.assert_array_equal(kept.perm, streamed.perm)
     np.testing.assert_array_equal(kept.perm, _dense(A, B).perm)

@@ -4,7 +4,8 @@ have ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
 Row- and column-level bounds (the candidate pass's k-th values, and for rows streamed in an
 earlier round the margin then observed, corrected for how far the duals moved) settle most rows
 for free; the rest are streamed whole, from the products kept in memory (:mod:`.products`),
-through the GEMM, or through a bf16 GEMM with a rigorous error bound (:mod:`.screen`), with the
+through the GEMM, or through a bf16 GEMM (or its kept products) with a rigorous error bound
+(:mod:`.screen`), with the
 reduced costs selected in the same pass (numba, both cores). Each streamed row hands back its
 best pairs by reduced cost (all violations among them) for the graph.
 
@@ -241,9 +242,13 @@ def _screen(screen: Screen, A, B, graph: CandidateGraph, R, sub, u, v, sa, sb, m
     found = (s.keys < 0).sum(1)
     over = s.n_open > np.isfinite(s.lower).sum(1)
     viol = np.where(over, np.maximum(found, s.n_proven), found)
-    res = _Streamed(row_min=s.lower[:, 0] - sa[R] - np.max(sb), keys=s.keys, cols=s.cols,
-                    costs=s.costs, kth=_kth(s.lower), violations=viol, gemm_rows=0,
-                    screened_rows=len(R))
+    kth = _kth(s.lower)  # every pair left out of a row's m has a lower end at least this
+    # the row's smallest reduced cost, for the lower bound: the m pairs' exact keys and kth,
+    # not the smallest lower end (bf16-wide: gap 4e-3 on the workflow test's 128-feature pair)
+    row_min = np.minimum(np.min(s.keys, axis=1), kth)
+    res = _Streamed(row_min=row_min - sa[R] - np.max(sb), keys=s.keys, cols=s.cols,
+                    costs=s.costs, kth=kth, violations=viol, gemm_rows=0,
+                    screened_rows=s.computed)
     if viol.sum() or not over.any():
         return res
     redo = np.flatnonzero(over)
@@ -319,7 +324,7 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
     ``c_ij - ut_i - vt_j >= 0`` for the shifted duals ``ut = u - tau |a|^2 - eps/2``,
     ``vt = v - tau |b|^2 - eps/2``: decisions use (ut, vt), the lower bound uses (u, v).
     Rows the O(n) bounds do not settle are streamed whole (at most ``max_rows`` that need the
-    GEMM, worst first; rows kept in ``store`` are re-read and do not count).
+    GEMM, worst first; rows kept in ``store`` or by the screen are re-read and do not count).
     ``rows_only``: stream exactly these rows (to grow stuck rows). ``screen``: rows not kept
     in ``store`` go through this bf16 screen (:mod:`.screen`) instead of the float32 GEMM."""
     n_rows, n = graph.shape
@@ -345,7 +350,9 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
         R = np.flatnonzero(test_row < 0) if np.any(test_col < 0) else np.zeros(0, np.int64)
         R = R[np.argsort(test_row[R], kind="stable")]  # worst first
         if max_rows is not None:  # rows that need the GEMM: the rest waits for the next round
-            gemm = np.flatnonzero(~store.kept[R]) if store is not None else np.arange(len(R))
+            kept = (store.kept if store is not None else
+                    screen.kept if screen is not None else np.zeros(n_rows, bool))
+            gemm = np.flatnonzero(~kept[R])
             if len(gemm) > max_rows:
                 R, truncated = np.delete(R, gemm[max_rows:]), True
     new_r = new_c = np.zeros(0, np.int64)

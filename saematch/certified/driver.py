@@ -41,11 +41,12 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     ``max(256, n/4)``), those with the most negative bounds first, and adds each streamed row's
     ``add_per_row`` (default ``max(4k, 64)``; k when the products are kept) best pairs by reduced
     cost: duals improve between rounds, so rows streamed later are streamed fewer times.
-    ``mem_gib`` bounds one GEMM block's temporaries. On the CPU, when all of ``A @ B.T`` fits in
-    ``products_gib`` (default :data:`PRODUCTS_GIB`; 0 turns it off) it is kept in memory
-    (:mod:`.products`): every row goes through the GEMM once, in the candidate pass when the
-    graph is built here. Otherwise the candidate pass and the streamed rows may go through a
-    bf16 GEMM first (``screen``: "auto", "bf16" or "off"; :func:`.screen.use_screen`).
+    ``mem_gib`` bounds one GEMM block's temporaries. On the CPU the candidate pass and the
+    streamed rows may go through a bf16 GEMM first (``screen``: "auto", "bf16" or "off";
+    :func:`.screen.use_screen`). When all of ``A @ B.T`` fits in ``products_gib`` (default
+    :data:`PRODUCTS_GIB`; 0 turns it off), in float32 (:mod:`.products`) or screened as bf16
+    products (2 bytes a pair), it is kept in memory: every row goes through the GEMM once, in
+    the candidate pass when the graph is built here.
     ``return_duals=True`` returns ``(assignment, u, v)``. ``match_cost`` holds the graph's float32
     costs, which can differ from :func:`saematch.costs.cost_matrix` in the last ulp.
     """
@@ -54,15 +55,14 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     A, B = check_pair(A, B)
     n, n_cols = A.shape[0], B.shape[0]
     on_cpu = is_cpu(device)
-    screened = use_screen(screen, on_cpu, n, n_cols)  # rejects a bad value before any work
+    screened = use_screen(screen, on_cpu)  # rejects a bad value before any work
     if n == 0:
         res = one_to_one(Assignment(perm=np.zeros(0, np.int64), match_cost=np.zeros(0),
                                     solver="certified"), n_cols)
         return (res, np.zeros(0), np.zeros(n_cols)) if return_duals else res
-    store = (ProductStore.allocate(n, n_cols)
-             if on_cpu and products_bytes(n, n_cols, products_gib) else None)
-    screened = screened and store is None  # kept products are exact: no screen
-    scr = Screen(A, B) if screened else None  # one for the candidate pass and the rounds
+    keep = on_cpu and bool(products_bytes(n, n_cols, products_gib, 2 if screened else 4))
+    store = ProductStore.allocate(n, n_cols) if keep and not screened else None
+    scr = Screen(A, B, keep) if screened else None  # one for the candidate pass and the rounds
     built = graph is None
     if built:
         graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
@@ -77,7 +77,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
         raise SAEMatchError(f"tol must be >= 0, got {tol}")
     # kept products make a row cheap to re-read, so rounds add fewer pairs each and more rounds
     # run (gemma 16384: 2.17M -> 1.75M Dijkstra steps with k instead of 4k per row)
-    m = add_per_row or (graph.k if store is not None else max(4 * graph.k, 64))
+    m = add_per_row or (graph.k if keep else max(4 * graph.k, 64))
     m = min(int(m), n_cols)
     st = LapState.empty(n, n_cols)
     snaps = _Snapshots.empty(n)

@@ -5,6 +5,8 @@ after round (gemma 8192: 8431 row streams of 3794 distinct rows, 55% of the cert
 work). Kept rows are re-read instead: a scan of ``n_B`` float32 per row, not ``n_B D`` flops.
 The driver keeps the products when they fit a budget (16384 x 16384 float32 is 1 GiB); the
 candidate pass then computes them in place, and no certificate round runs the GEMM at all.
+Where the passes are screened in bf16 the screen keeps its own products instead
+(:class:`.screen.Screen`, 2 bytes a pair).
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import numpy as np
 PRODUCTS_GIB = 4.0  # keep A @ B.T in memory up to this size (16384 x 16384 float32 is 1 GiB)
 
 
-def products_bytes(n_rows: int, n_cols: int, products_gib: float | None = None) -> int:
-    """Bytes :func:`.certified_assign` keeps for ``A @ B.T`` on the CPU (0: it streams)."""
-    size = 4 * n_rows * n_cols
+def products_bytes(n_rows: int, n_cols: int, products_gib: float | None = None,
+                   itemsize: int = 4) -> int:
+    """Bytes :func:`.certified_assign` keeps for ``A @ B.T`` on the CPU (0: it streams), in
+    float32 or, screened (:mod:`.screen`), in bf16 (``itemsize`` 2)."""
+    size = itemsize * n_rows * n_cols
     return size if size <= (PRODUCTS_GIB if products_gib is None else products_gib) * 2 ** 30 else 0
 
 
