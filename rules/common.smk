@@ -387,14 +387,15 @@ def mem_mb_pair(wc, input, attempt):
     """Cost matrix, candidate graph or assignment of one layer pair (cross-width: n_a x n_b,
     counted as the wider side's n where the size is n x n). Dense LAP: the float32 matrix,
     LAPJV's float64 copy and its work arrays (about 20 bytes a pair). Certified LAP: also the
-    products A @ B.T it keeps in memory where they fit (saematch.certified.products_bytes)."""
+    products A @ B.T it keeps in memory where they fit (saematch.certified.products_bytes), in
+    float32 or, on a CPU that screens in bf16, as bf16 (up to 46340^2): the larger of the two."""
     from saematch.certified import products_bytes
 
     n_a, n_b = pair_features(wc)
     dense = "cost" in input.keys()
     need = n_a * n_b * 20 if dense else _streamed_bytes(input, n_b)
     if "candidates" in input.keys():
-        need += products_bytes(n_a, n_b)
+        need += max(products_bytes(n_a, n_b), products_bytes(n_a, n_b, itemsize=2))
     return attempt * (2048 + need // 2**20)
 
 
