@@ -12,6 +12,7 @@ rule assign:
         solver_options=canonical({k: config["assign"][k] for k in ("k", "time_limit")}),
         block=COMPUTE["block"],
         device=COMPUTE["device"],
+    threads: COMPUTE["threads"]
     resources:
         mem_mb=mem_mb_pair,
         runtime=runtime_min,

@@ -12,6 +12,7 @@ rule cost_matrix:
         spec=lambda wc: variant_spec(wc.variant),
         block=COMPUTE["block"],
         device=COMPUTE["device"],
+    threads: COMPUTE["threads"]
     resources:
         mem_mb=mem_mb_pair,
         runtime=runtime_min,
@@ -34,6 +35,7 @@ rule candidate_graph:
         k=config["assign"]["k"],
         block=COMPUTE["block"],
         device=COMPUTE["device"],
+    threads: COMPUTE["threads"]
     resources:
         mem_mb=mem_mb_pair,
         runtime=runtime_min,

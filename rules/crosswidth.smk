@@ -48,6 +48,7 @@ rule cross_links:
         seed=config["metrics"]["seed"],
         block=COMPUTE["block"],
         device=COMPUTE["device"],
+    threads: COMPUTE["threads"]
     resources:
         mem_mb=mem_mb_sae,
         runtime=runtime_min,

@@ -515,3 +515,30 @@ def test_cluster_resources_grow_with_width(tmp_path):
         elif line.startswith("resources:") and rule in ("cost_matrix", "assign"):
             mem.setdefault(width, set()).add(int(line.split("mem_mb=")[1].split(",")[0]))
     assert min(mem["65k"]) > max(mem["16k"]) > 2048
+
+
+def test_jobs_run_numba_on_their_threads(tmp_path):
+    """Snakemake hands a job's threads to torch and BLAS (OMP_NUM_THREADS); ``run`` gives them to
+    numba too, and restores numba's count after the step. In a fresh process (numba not imported
+    yet, as in a job) it goes through NUMBA_NUM_THREADS."""
+    from types import SimpleNamespace
+
+    import numba
+
+    from saematch.workflow import run
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: nothing to pin")
+    before = numba.get_num_threads()
+    seen = []
+    job = SimpleNamespace(log=[str(tmp_path / "job.log")], rule="assign", threads=1)
+    run(job, lambda s: seen.append(numba.get_num_threads()))
+    assert seen == [1] and numba.get_num_threads() == before
+    assert "1 thread(s)" in (tmp_path / "job.log").read_text()
+    code = ("from types import SimpleNamespace\nfrom saematch.workflow import run\n"
+            "def step(s):\n    import numba\n    print(numba.get_num_threads())\n"
+            f"run(SimpleNamespace(log=[{str(tmp_path / 'fresh.log')!r}], threads=1), step)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.strip() == "1"
