@@ -70,6 +70,9 @@ def test_workflow_runs_as_slurm_jobs_and_resumes(tmp_path):
     for log in logs:
         local_rule = log.parent.name == "figures"
         assert bool(re.search(r"SLURM_JOB_ID=\d+", log.read_text())) != local_rule, log
+    # the profile's set-threads reaches the job (and its numba): 2 for assign, 1 elsewhere
+    assert "2 thread(s)" in (cluster / "logs/assign/folded/width_64/0-1.log").read_text()
+    assert "1 thread(s)" in (cluster / "logs/fold/width_64/layer_0.log").read_text()
     # identical results to the local run
     ref, got = assignment_perms(local), assignment_perms(cluster)
     assert ref.keys() == got.keys() and all(np.array_equal(ref[k], got[k]) for k in ref)
