@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import SAEMatchError
@@ -15,7 +15,7 @@ from .results import CrossKey, PairKey
 
 
 @contextlib.contextmanager
-def job_threads(threads: int):
+def job_threads(threads: int) -> Iterator[None]:
     """numba's parallel kernels on the job's ``threads`` for the duration. Snakemake sets
     OMP_NUM_THREADS, which torch and BLAS follow, but numba starts a thread per core of the
     machine: two one-thread jobs on 2 cores ran numba on 4 threads, and a 64-core node (or a
