@@ -16,6 +16,7 @@ from saematch.certified import (
     write_candidates,
 )
 from saematch.certified.certificate import _check
+from saematch.certified.graph import add_edges, build_csr
 from saematch.certified.products import ProductStore
 from saematch.certified.screen import Screen, upper_products
 from saematch.costs import cost_matrix
@@ -245,6 +246,26 @@ def test_time_limit_returns_valid_bound(mode):
     np.testing.assert_array_equal(np.sort(res.perm), np.arange(20))
     assert res.gap > 0.1
     assert res.objective - res.gap <= ref.objective + _ulps(A, B)  # lower bound is valid
+
+
+def test_add_edges_merges_like_a_rebuild():
+    """Merging new pairs into the sorted graph gives the CSR a rebuild from all pairs gives:
+    stored pairs keep their cost, the first of repeated new pairs counts, rows stay sorted."""
+    rng = np.random.default_rng(0)
+    n = 50
+    r, c = rng.integers(0, n, 400), rng.integers(0, n, 400)
+    g = build_csr(r, c, rng.random(400, dtype=np.float32), (n, n))
+    nr, nc = rng.integers(0, n, 300), rng.integers(0, n, 300)
+    nr[:20], nc[:20] = r[:20], c[:20]  # already stored
+    nr[40:60], nc[40:60] = nr[20:40], nc[20:40]  # repeated among the new
+    nv = rng.random(300, dtype=np.float32)
+    got = add_edges(g, nr, nc, nv)
+    coo = g.tocoo()
+    ref = build_csr(np.concatenate([coo.row, nr]), np.concatenate([coo.col, nc]),
+                    np.concatenate([coo.data, nv]), (n, n))
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    assert got.has_sorted_indices and got.nnz < g.nnz + 300
 
 
 def test_candidates_hdf5_round_trip(tmp_path):

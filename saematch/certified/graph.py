@@ -327,10 +327,59 @@ def build_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
 
 def add_edges(costs: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
               vals: np.ndarray) -> sp.csr_matrix:
-    """The graph with extra pairs (pairs already present keep their stored cost)."""
-    coo_r = np.repeat(np.arange(costs.shape[0]), np.diff(costs.indptr))
-    return build_csr(np.concatenate([coo_r, rows]), np.concatenate([costs.indices, cols]),
-                     np.concatenate([costs.data, vals]), costs.shape)
+    """The graph with extra pairs (pairs already present keep their stored cost; of repeated
+    new pairs the first counts). A merge of sorted rows: O(nnz) instead of a sort of all edges
+    (gemma 65536, 13M edges + 1M: 1.6 s each round for a sort)."""
+    if not costs.has_sorted_indices:
+        costs.sort_indices()
+    add = build_csr(rows, cols, vals, costs.shape)
+    n_r, n_c = costs.shape
+    idx_dtype = np.int32 if max(n_r, n_c, costs.nnz + add.nnz) < 2 ** 31 else np.int64
+    indptr = np.zeros(n_r + 1, dtype=idx_dtype)
+    counts = np.empty(n_r, np.int64)
+    _merged_counts(costs.indptr, costs.indices, add.indptr, add.indices, counts)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), idx_dtype)
+    data = np.empty(int(indptr[-1]), np.float32)
+    _merge(costs.indptr, costs.indices, costs.data, add.indptr, add.indices, add.data, indptr,
+           indices, data)
+    return sp.csr_matrix((data, indices, indptr), shape=costs.shape, copy=False)
+
+
+@njit(cache=True)
+def _merged_counts(p1, i1, p2, i2, counts):
+    for r in range(counts.shape[0]):
+        a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
+        c = 0
+        while a < a1 or b < b1:
+            if b == b1 or (a < a1 and i1[a] < i2[b]):
+                a += 1
+            elif a == a1 or i2[b] < i1[a]:
+                b += 1
+            else:  # in both: the stored one
+                a += 1
+                b += 1
+            c += 1
+        counts[r] = c
+
+
+@njit(cache=True)
+def _merge(p1, i1, d1, p2, i2, d2, out_ptr, out_idx, out_data):
+    for r in range(out_ptr.shape[0] - 1):
+        a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
+        o = out_ptr[r]
+        while a < a1 or b < b1:
+            if b == b1 or (a < a1 and i1[a] <= i2[b]):
+                if b < b1 and i1[a] == i2[b]:
+                    b += 1
+                out_idx[o] = i1[a]
+                out_data[o] = d1[a]
+                a += 1
+            else:
+                out_idx[o] = i2[b]
+                out_data[o] = d2[b]
+                b += 1
+            o += 1
 
 
 # -------------------------------------------------------------------------------- HDF5
