@@ -17,8 +17,9 @@ Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A an
   ``auto`` runs up to ``assign.dense_max_features``;
 - peers: ``scipy`` (``scipy.optimize.linear_sum_assignment``) and ``lapjv`` (PyPI ``lap``,
   ``lap.lapjv``) on the float64 cost matrix a user builds with numpy (``_user_cost``), and
-  ``lapmod`` (``lap.lapmod`` on saematch's candidate graph, k = ``--k``; exact only if the graph happens to
-  hold the optimum, which nothing proves: the table says whether its permutation is the same).
+  ``lapmod`` (``lap.lapmod`` on saematch's candidate graph, k = ``--k``; exact only if the
+  graph happens to hold the optimum, which nothing proves: the table says whether its
+  permutation is the same).
 
     python benchmarks/bench_assign.py --sizes 8192 16384 --generator gemma persist
     python benchmarks/bench_assign.py --sizes 65536 --methods gemm certified
