@@ -5,7 +5,7 @@ import pytest
 from conftest import random_sae
 
 from saematch.assign import read_cost_matrix
-from saematch.costs import cost_matrix, write_cost_matrix
+from saematch.costs import _costs_in_place, cost_matrix, write_cost_matrix
 from saematch.errors import SAEMatchError
 from saematch.features import Variant, variant_vectors
 from saematch.gemm import exact_costs, sqnorms
@@ -25,15 +25,17 @@ def test_cost_matrix_equals_direct_distances(block):
                                atol=1e-5 * ref.max())
 
 
-def test_cost_blocks_round_as_every_consumer_does():
-    """The fused kernel gives the bits of :func:`saematch.gemm.exact_costs` on the same products
-    (the dense and the certified solver must see the same numbers)."""
+def test_fused_costs_round_as_every_consumer_does():
+    """The compiled kernel that large cost matrices use gives the bits of
+    :func:`saematch.gemm.exact_costs` (the dense and the certified solver must see the same
+    numbers), clamping included."""
     A, B = variant_vectors(random_sae(seed=1), random_sae(seed=2), Variant("folded"))
     B[:len(A) // 2] = A[:len(A) // 2]  # zero distances: some round below 0 and are clamped
-    ref = exact_costs(sqnorms(A)[:, None], sqnorms(B)[None, :], A @ B.T)
-    got = cost_matrix(A, B, block=len(A))  # one block: the same GEMM as A @ B.T
-    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
-    assert (got == 0).any()
+    na, nb, G = sqnorms(A), sqnorms(B), A @ B.T
+    ref = exact_costs(na[:, None], nb[None, :], G)
+    _costs_in_place(na, nb, G)
+    np.testing.assert_array_equal(G.view(np.uint32), ref.view(np.uint32))
+    assert (G == 0).any()
 
 
 def test_cosine_variant_is_two_minus_two_cos():
