@@ -348,6 +348,7 @@ def add_edges(costs: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
 
 @njit(cache=True)
 def _merged_counts(p1, i1, p2, i2, counts):
+    """Per row, how many distinct columns two sorted CSR rows hold together."""
     for r in range(counts.shape[0]):
         a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
         c = 0
@@ -365,6 +366,8 @@ def _merged_counts(p1, i1, p2, i2, counts):
 
 @njit(cache=True)
 def _merge(p1, i1, d1, p2, i2, d2, out_ptr, out_idx, out_data):
+    """Merge two sorted CSR graphs row by row into ``out`` (a pair in both keeps the first's
+    value)."""
     for r in range(out_ptr.shape[0] - 1):
         a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
         o = out_ptr[r]
