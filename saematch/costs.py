@@ -24,7 +24,8 @@ def cost_blocks(A: np.ndarray, B: np.ndarray, block: int = 4096, device: str = "
     :func:`_costs_in_place`, the same bits). The block may be a buffer that the next one
     reuses: consume it first.
 
-    Peak memory is ``block * n_B`` floats plus both inputs.
+    Peak memory is ``block * n_B`` floats plus both inputs (below 2^24 pairs, numpy's float64
+    temporaries of a block too).
     """
     A, B = np.ascontiguousarray(A, np.float32), np.ascontiguousarray(B, np.float32)
     na, nb = sqnorms(A), sqnorms(B)
