@@ -135,8 +135,8 @@ def _gemm_pass(A: np.ndarray, B: np.ndarray, block: int, device: str) -> dict:
 
 def _user_cost(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """The float64 cost matrix a user of scipy or ``lap`` builds with numpy: one float32 GEMM,
-    the norms added in place, then float64 (persist 8192, EPYC: 1.1 s, against 2.0-2.2 s for
-    saematch's ``cost_matrix`` and a float64 copy; rounding differs from saematch's in the last
+    the norms added in place, then float64 (persist 8192, EPYC: 0.8-1.1 s, against 1.6-2.6 s
+    for saematch's ``cost_matrix`` and a float64 copy; rounding differs from saematch's in the last
     float32 ulp, and the table says whether the permutation is the same)."""
     C = A @ B.T
     C *= -2.0
