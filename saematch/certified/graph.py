@@ -334,43 +334,29 @@ def add_edges(costs: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray,
         costs.sort_indices()
     add = build_csr(rows, cols, vals, costs.shape)
     n_r, n_c = costs.shape
-    idx_dtype = np.int32 if max(n_r, n_c, costs.nnz + add.nnz) < 2 ** 31 else np.int64
-    indptr = np.zeros(n_r + 1, dtype=idx_dtype)
+    # each merged row at its most (both rows whole), then the pairs in both dropped
+    start = costs.indptr[:-1].astype(np.int64) + add.indptr[:-1]
+    idx = np.empty(costs.nnz + add.nnz, np.int64)
+    val = np.empty(costs.nnz + add.nnz, np.float32)
     counts = np.empty(n_r, np.int64)
-    _merged_counts(costs.indptr, costs.indices, add.indptr, add.indices, counts)
+    _merge(costs.indptr, costs.indices, costs.data, add.indptr, add.indices, add.data, start,
+           idx, val, counts)
+    width = np.diff(costs.indptr) + np.diff(add.indptr)
+    keep = np.arange(len(idx)) - np.repeat(start, width) < np.repeat(counts, width)
+    idx_dtype = np.int32 if max(n_r, n_c, int(counts.sum())) < 2 ** 31 else np.int64
+    indptr = np.zeros(n_r + 1, dtype=idx_dtype)
     np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]), idx_dtype)
-    data = np.empty(int(indptr[-1]), np.float32)
-    _merge(costs.indptr, costs.indices, costs.data, add.indptr, add.indices, add.data, indptr,
-           indices, data)
-    return sp.csr_matrix((data, indices, indptr), shape=costs.shape, copy=False)
+    return sp.csr_matrix((val[keep], idx[keep].astype(idx_dtype), indptr), shape=costs.shape,
+                         copy=False)
 
 
 @njit(cache=True)
-def _merged_counts(p1, i1, p2, i2, counts):
-    """Per row, how many distinct columns two sorted CSR rows hold together."""
+def _merge(p1, i1, d1, p2, i2, d2, start, out_idx, out_data, counts):
+    """Merge two sorted CSR graphs row by row, row r from ``start[r]`` on (a pair in both keeps
+    the first's value); ``counts[r]``: the merged row's length."""
     for r in range(counts.shape[0]):
         a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
-        c = 0
-        while a < a1 or b < b1:
-            if b == b1 or (a < a1 and i1[a] < i2[b]):
-                a += 1
-            elif a == a1 or i2[b] < i1[a]:
-                b += 1
-            else:  # in both: the stored one
-                a += 1
-                b += 1
-            c += 1
-        counts[r] = c
-
-
-@njit(cache=True)
-def _merge(p1, i1, d1, p2, i2, d2, out_ptr, out_idx, out_data):
-    """Merge two sorted CSR graphs row by row into ``out`` (a pair in both keeps the first's
-    value)."""
-    for r in range(out_ptr.shape[0] - 1):
-        a, a1, b, b1 = p1[r], p1[r + 1], p2[r], p2[r + 1]
-        o = out_ptr[r]
+        o = start[r]
         while a < a1 or b < b1:
             if b == b1 or (a < a1 and i1[a] <= i2[b]):
                 if b < b1 and i1[a] == i2[b]:
@@ -383,6 +369,7 @@ def _merge(p1, i1, d1, p2, i2, d2, out_ptr, out_idx, out_data):
                 out_data[o] = d2[b]
                 b += 1
             o += 1
+        counts[r] = o - start[r]
 
 
 # -------------------------------------------------------------------------------- HDF5
