@@ -104,10 +104,14 @@ def test_matches_dense_scipy(n, d, k, seed, mode):
 
 
 @pytest.mark.parametrize("screen", ["off", "bf16"])
-def test_candidate_graph_bounds_hold_for_every_left_out_pair(screen):
+@pytest.mark.parametrize("n_b,mem_gib", [(200, None), (2100, 1e-6)])
+def test_candidate_graph_bounds_hold_for_every_left_out_pair(screen, n_b, mem_gib):
+    """Also with the columns cut into tiles of 1024 (c0 = 0, 1024, 2048): the kernels index a
+    tile's columns from its first."""
     A, B = _pair(200, 12, 3)
+    B = np.concatenate([B, _pair(n_b - 200, 12, 4)[1]]) if n_b > 200 else B
     k = 5
-    g = candidate_graph(A, B, k, block=64, screen=screen)
+    g = candidate_graph(A, B, k, block=64, screen=screen, mem_gib=mem_gib)
     C = cost_matrix(A, B).astype(np.float64)
     coo = g.costs.tocoo()
     np.testing.assert_allclose(coo.data, C[coo.row, coo.col], rtol=1e-6)
@@ -128,6 +132,17 @@ def test_candidate_graph_bounds_hold_for_every_left_out_pair(screen):
             assert np.all(kth <= true) and np.all(kth >= true - 0.05 * np.max(true))
 
 
+@pytest.mark.parametrize("screen", ["off", "bf16"])
+def test_certificate_streams_rows_in_column_tiles(screen):
+    """Rows streamed through the GEMM (products not kept) in tiles of 1024 columns, so the
+    kernels see c0 = 0, 1024 and 2048: the answer is the dense optimum."""
+    A, B = _pair(300, 12, 5)
+    B = np.concatenate([B, _pair(1800, 12, 6)[1]])
+    res = certified_assign(A, B, k=2, screen=screen, products_gib=0, mem_gib=1e-6)
+    assert res.status == "optimal" and res.info["rows_streamed"] > 0
+    np.testing.assert_array_equal(res.perm, assign_dense(cost_matrix(A, B)).perm)
+
+
 @pytest.mark.parametrize("d", [8, 4609])
 def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
     """``upper_products`` is an upper bound of a.b in float64 and of the float32 GEMM's; for -A
@@ -146,6 +161,23 @@ def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
             U[rows, c0:c0 + blk.shape[1]] = blk
         assert np.all(U >= sign * exact) and np.all(U >= sign * gemm32)
         assert np.max((U - sign * exact) / np.abs(exact)) < 0.05  # a bound, not a wild one
+
+
+def test_bf16_bounds_hold_in_column_tiles():
+    """A tile past the first (c0 = 1024) gets its own columns' error terms: the first 1024
+    columns are 1e-3 the norm of the rest, so their terms would not cover the rounding."""
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((8, 64)).astype(np.float32)
+    B = rng.standard_normal((1100, 64))
+    B[:1024] *= 1e-3
+    B = B.astype(np.float32)
+    exact = A.astype(np.float64) @ B.astype(np.float64).T
+    U = np.zeros_like(exact)
+    starts = set()
+    for rows, c0, blk in upper_products(Screen(A, B), block=16, mem_gib=2 ** -20):
+        U[rows, c0:c0 + blk.shape[1]] = blk
+        starts.add(c0)
+    assert starts == {0, 1024} and np.all(U >= exact)
 
 
 def test_bf16_screen_falls_back_to_float32_for_rows_it_cannot_settle():

@@ -56,7 +56,8 @@ if TYPE_CHECKING:  # torch is imported where CUDA needs it: the CPU paths take 2
     import torch
 
 _INF = np.inf
-_RUN = 64  # columns per counting stretch of the row selection
+_RUN = 64  # columns per stretch that the selection tests at once
+_COLS = 256  # columns per thread in the column selection (64: 2.7x slower, strided reads)
 FORMAT = "saematch-candidates-v2"
 
 
@@ -96,25 +97,28 @@ class CandidateGraph:
 @njit(parallel=True, cache=True)
 def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
     """Rows r0.. of the block: keep the k smallest ``nb_j - 2 g`` (cost) and ``-2 g`` (ip).
-    Each stretch of ``_RUN`` columns is first counted for keys below the heaps' tops, in a loop
-    the compiler vectorises; most stretches have none and are skipped."""
+    Each stretch of ``_RUN`` columns first gets its smallest keys, in a loop the compiler
+    vectorises (a minimum, 2.3x faster than counting the keys below the tops); most stretches
+    beat neither heap's top and are skipped."""
     r, w = G.shape
+    nb = nb[c0:c0 + w]  # indexed from 0: the stretch's loop vectorises
     for t in prange(r):
         i = r0 + t
         top_c = hv_c[i, 0]
         top_p = hv_p[i, 0]
         for j0 in range(0, w, _RUN):
             j1 = min(w, j0 + _RUN)
-            hits = 0
+            min_c = min_p = _INF
             for jj in range(j0, j1):
                 kp = -2.0 * np.float64(G[t, jj])
-                hits += (kp < top_p) | (nb[c0 + jj] + kp < top_c)
-            if hits == 0:
+                min_p = min(min_p, kp)
+                min_c = min(min_c, nb[jj] + kp)
+            if min_p >= top_p and min_c >= top_c:
                 continue
             for jj in range(j0, j1):
                 g = G[t, jj]
                 kp = -2.0 * np.float64(g)
-                kc = nb[c0 + jj] + kp
+                kc = nb[jj] + kp
                 if kc < top_c:
                     heap_replace(hv_c[i], hi_c[i], hg_c[i], kc, c0 + jj, g)
                     top_c = hv_c[i, 0]
@@ -124,14 +128,16 @@ def _select_rows(G, r0, c0, nb, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
 
 
 @njit(parallel=True, cache=True)
-def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p, chunk):
-    """Columns c0.. of the block: the same two lists per column, over the block's rows (each
-    thread a chunk of columns, their heaps' tops in two short arrays for the counting loop)."""
+def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p):
+    """Columns c0.. of the block: the same two lists per column, over the block's rows. Each
+    thread takes ``_COLS`` columns (their heaps' tops in two short arrays) and reads them row
+    by row, a stretch of ``_RUN`` at a time: ``x < y`` exactly when ``x - y < 0`` (no
+    difference of two distinct floats rounds to 0), so one vectorised minimum of key minus top
+    says whether any key of the stretch beats its column's top."""
     r, w = G.shape
-    nchunks = (w + chunk - 1) // chunk
-    for t in prange(nchunks):
-        j0 = t * chunk
-        j1 = min(w, j0 + chunk)
+    for t in prange((w + _COLS - 1) // _COLS):
+        j0 = t * _COLS
+        j1 = min(w, j0 + _COLS)
         top_c = np.empty(j1 - j0)
         top_p = np.empty(j1 - j0)
         for jj in range(j0, j1):
@@ -140,23 +146,25 @@ def _select_cols(G, r0, c0, na, hv_c, hi_c, hg_c, hv_p, hi_p, hg_p, chunk):
         for ii in range(r):
             i = r0 + ii
             ai = na[i]
-            hits = 0
-            for jj in range(j0, j1):
-                kp = -2.0 * np.float64(G[ii, jj])
-                hits += (kp < top_p[jj - j0]) | (ai + kp < top_c[jj - j0])
-            if hits == 0:
-                continue
-            for jj in range(j0, j1):
-                j = c0 + jj
-                g = G[ii, jj]
-                kp = -2.0 * np.float64(g)
-                kc = ai + kp
-                if kc < top_c[jj - j0]:
-                    heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
-                    top_c[jj - j0] = hv_c[j, 0]
-                if kp < top_p[jj - j0]:
-                    heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
-                    top_p[jj - j0] = hv_p[j, 0]
+            for s0 in range(j0, j1, _RUN):
+                s1 = min(j1, s0 + _RUN)
+                low = _INF
+                for jj in range(s0, s1):
+                    kp = -2.0 * np.float64(G[ii, jj])
+                    low = min(low, min(kp - top_p[jj - j0], (ai + kp) - top_c[jj - j0]))
+                if low >= 0.0:
+                    continue
+                for jj in range(s0, s1):
+                    j = c0 + jj
+                    g = G[ii, jj]
+                    kp = -2.0 * np.float64(g)
+                    kc = ai + kp
+                    if kc < top_c[jj - j0]:
+                        heap_replace(hv_c[j], hi_c[j], hg_c[j], kc, i, g)
+                        top_c[jj - j0] = hv_c[j, 0]
+                    if kp < top_p[jj - j0]:
+                        heap_replace(hv_p[j], hi_p[j], hg_p[j], kp, i, g)
+                        top_p[jj - j0] = hv_p[j, 0]
 
 
 class _Lists:
@@ -257,7 +265,7 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
             _select_rows(G, rows.start, c0, nb, *_arrays(rows_l["row_cost"]),
                          *_arrays(rows_l["row_ip"]))
             _select_cols(G, rows.start, c0, na, *_arrays(cols_l["col_cost"]),
-                         *_arrays(cols_l["col_ip"]), 64)
+                         *_arrays(cols_l["col_ip"]))
         else:
             _select_torch(G, rows, c0, tna, tnb, tl, k)
     if not on_cpu:
