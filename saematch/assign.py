@@ -79,9 +79,9 @@ def solver_for(n_a: int, n_b: int, solver: str = "auto",
                dense_max_features: int = DENSE_MAX_FEATURES) -> str:
     """The exact LAP method for an n_a x n_b problem: ``auto`` is the dense matrix + LAPJV up to
     ``dense_max_features`` (level or ahead up to 4096; from 8192 on the certified solver is
-    ahead on the gemma bench in every warm run and level or ahead on persist, README benchmark), the
-    certified sparse solver above (1.4-1.7x faster than LAPJV at 16384, O(n k) memory plus the
-    products where they fit). The workflow's rules and :func:`saematch.match` both decide with
+    ahead of ``lap.lapjv`` on both bench generators, level on a process's first call at persist
+    8192, README benchmark), the certified sparse solver above (1.5-3.3x faster than
+    ``lap.lapjv`` at 16384 on the EPYC, O(n k) memory plus the products where they fit). The workflow's rules and :func:`saematch.match` both decide with
     this."""
     if solver != "auto":
         if solver not in SOLVERS:
