@@ -239,7 +239,7 @@ def _augment(indptr, indices, cost, u, v, col4row, row4col, stuck):
     tentative distance, -inf once the column is scanned or dead, so one comparison skips those
     too), and pushes nothing at or beyond the nearest free column found so far (it cannot be
     scanned before that column ends the search). Gemma 65536's six solves, replayed: 35.7-37.8 s
-    -> 29.3 s, the same duals and matchings.
+    -> 27.4-29.3 s, the same duals and matchings.
     """
     n = u.shape[0]
     m = v.shape[0]
