@@ -81,8 +81,8 @@ def solver_for(n_a: int, n_b: int, solver: str = "auto",
     ``dense_max_features`` (level or ahead up to 4096; from 8192 on the certified solver is
     ahead of ``lap.lapjv`` on both bench generators, level on a process's first call at persist
     8192, README benchmark), the certified sparse solver above (1.5-3.3x faster than
-    ``lap.lapjv`` at 16384 on the EPYC, O(n k) memory plus the products where they fit). The workflow's rules and :func:`saematch.match` both decide with
-    this."""
+    ``lap.lapjv`` at 16384 on the EPYC, O(n k) memory plus the products where they fit). The
+    workflow's rules and :func:`saematch.match` both decide with this."""
     if solver != "auto":
         if solver not in SOLVERS:
             raise SAEMatchError(f"solver must be auto or one of {SOLVERS}, got {solver!r}")
