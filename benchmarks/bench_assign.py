@@ -196,7 +196,7 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
 def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int,
              time_limit: float | None, block: int, calls: int = 1) -> dict:
     """Body of one measured subprocess; prints one JSON line. ``wall``: the first call, imports
-    and one-off starts (numba's, oneDNN's) included; with ``calls`` > 1 also ``wall_again``,
+    and one-off starts (numba's kernel loading) included; with ``calls`` > 1 also ``wall_again``,
     the fastest later call in the same process (details are the last call's)."""
     sys.path.insert(0, str(ROOT))
     import torch

@@ -45,15 +45,22 @@ def cost_blocks(A: np.ndarray, B: np.ndarray, block: int = 4096, device: str = "
 _FUSED_PAIRS = 1 << 24
 
 
+@njit(cache=True)
+def rounded_cost(na_i, nb_j, g):
+    """One pair's cost as :func:`saematch.gemm.exact_costs` rounds it (the same float64
+    operations, so the same float32 bits), for compiled loops."""
+    return np.float32(max((na_i + nb_j) - 2.0 * np.float64(g), 0.0))
+
+
 @njit(parallel=True, cache=True)
 def _costs_in_place(na, nb, g):
     """``g <- exact_costs(na[:, None], nb[None, :], g)`` in one pass without float64
-    temporaries (the same float64 operations, so the same float32 bits; persist 8192: cost
-    matrix 2.1-2.7 s with numpy's temporaries for a 0.7 s GEMM)."""
+    temporaries (persist 8192: cost matrix 2.1-2.7 s with numpy's temporaries for a 0.7 s
+    GEMM)."""
     for i in prange(g.shape[0]):
         a = na[i]
         for j in range(g.shape[1]):
-            g[i, j] = np.float32(max((a + nb[j]) - 2.0 * np.float64(g[i, j]), 0.0))
+            g[i, j] = rounded_cost(a, nb[j], g[i, j])
 
 
 def cost_matrix(A: np.ndarray, B: np.ndarray, block: int = 4096,

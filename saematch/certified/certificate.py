@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..costs import rounded_cost
 from ..device import is_cpu, pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
 from .blocks import check_pair
@@ -150,8 +151,8 @@ def _stream_block(G, grow, pos, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, 
     """Rows ``pos`` of the streamed set against columns c0.. (their products in rows ``grow`` of
     G, a GEMM block or the product store): per row, the count of shifted reduced costs
     ``c - u - v + sa_i + sb_j`` below 0 and a bounded max-heap of the m smallest (with column
-    and inner product), over pairs outside the graph (``e_col`` sorted within each row). ``c``
-    is rounded exactly as ``exact_costs`` rounds it. The keys of a row are computed first, in a
+    and inner product), over pairs outside the graph (``e_col`` sorted within each row), ``c``
+    by :func:`saematch.costs.rounded_cost`. The keys of a row are computed first, in a
     loop the compiler vectorises; the heap then sees only the few keys below its top."""
     w = G.shape[1]
     nb_, v_, sb_ = nb[c0:c0 + w], v[c0:c0 + w], sb[c0:c0 + w]  # indexed from 0: vectorises
@@ -161,8 +162,8 @@ def _stream_block(G, grow, pos, c0, na, nb, u, v, sa, sb, e_ptr, e_col, hv, hj, 
         key = np.empty(w)
         ai, ui, si = na[t], u[t], sa[t]
         for jj in range(w):
-            c = max((ai + nb_[jj]) - 2.0 * np.float64(gr[jj]), 0.0)
-            key[jj] = (np.float64(np.float32(c)) - ui - v_[jj]) + si + sb_[jj]
+            c = rounded_cost(ai, nb_[jj], gr[jj])
+            key[jj] = (np.float64(c) - ui - v_[jj]) + si + sb_[jj]
         mask_edges(key, e_ptr, e_col, t, c0)
         viol[t] += push_smallest(hv[t], hj[t], hg[t], key, c0, gr)
 
