@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import h5py
 import numpy as np
-from numba import njit, prange
 
 from .atomic import atomic_path
 from .gemm import exact_costs, gemm_blocks, sqnorms
+from .jit import njit, prange
 
 
 def cost_blocks(A: np.ndarray, B: np.ndarray, block: int = 4096, device: str = "auto",

@@ -29,7 +29,7 @@ def is_cpu(requested: str = "auto") -> bool:
     return device_name(requested).split(":")[0] == "cpu"
 
 
-def pick_device(requested: str = "auto") -> "torch.device":
+def pick_device(requested: str = "auto") -> torch.device:
     """:func:`device_name` as a ``torch.device``."""
     import torch
     return torch.device(device_name(requested))

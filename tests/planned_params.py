@@ -15,8 +15,13 @@ import sys
 from pathlib import Path
 
 from snakemake.api import SnakemakeApi
-from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
-                                      ResourceSettings)
+from snakemake.settings.types import (
+    ConfigSettings,
+    DAGSettings,
+    OutputSettings,
+    Quietness,
+    ResourceSettings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

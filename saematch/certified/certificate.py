@@ -25,17 +25,13 @@ import numpy as np
 from ..costs import rounded_cost
 from ..device import is_cpu, pick_device
 from ..gemm import block_shape, budget_bytes, exact_costs, gemm_blocks
+from ..jit import njit, prange
 from .blocks import check_pair
 from .graph import CandidateGraph
 from .kernels import mask_edges, push_smallest
 from .products import ProductStore
 from .screen import Screen, screen_rows
-from .sparse_lap import njit
 
-try:
-    from numba import prange
-except ImportError:  # pragma: no cover
-    prange = range
 if TYPE_CHECKING:  # torch is imported where CUDA needs it: the CPU paths take 2 s less to start
     import torch
 

@@ -42,16 +42,12 @@ from ..atomic import atomic_path
 from ..device import is_cpu, pick_device
 from ..errors import SAEMatchError
 from ..gemm import exact_costs, gemm_blocks, sqnorms
+from ..jit import njit, prange
 from .blocks import as_f32
 from .kernels import heap_replace, pair_dots
 from .products import ProductStore
 from .screen import Screen, upper_products, use_screen
-from .sparse_lap import njit
 
-try:
-    from numba import prange
-except ImportError:  # pragma: no cover
-    prange = range
 if TYPE_CHECKING:  # torch is imported where CUDA needs it: the CPU paths take 2 s less to start
     import torch
 

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sparse_lap import njit
-
-try:
-    from numba import prange
-except ImportError:  # pragma: no cover
-    prange = range
+from ..jit import njit, prange
 
 
 @njit(cache=True)

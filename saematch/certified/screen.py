@@ -37,13 +37,9 @@ from tqdm import tqdm
 
 from ..errors import SAEMatchError
 from ..gemm import block_shape, budget_bytes, exact_costs
+from ..jit import njit, prange
 from .kernels import bf16_row, mask_edges, pair_dots, push_smallest
-from .sparse_lap import njit
 
-try:
-    from numba import prange
-except ImportError:  # pragma: no cover
-    prange = range
 if TYPE_CHECKING:
     import torch
 

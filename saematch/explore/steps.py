@@ -2,6 +2,7 @@
 :mod:`saematch.steps` (the ``scripts/explore_*.py`` only unpack the ``snakemake`` object)."""
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -67,11 +68,9 @@ def semantic_step(evidence_a: PathLike, evidence_b: PathLike, assignments: Seque
     correlate = None
     if activations:
         key = next(iter(keys.values()))
-        a, b = load_sae(sae_a), load_sae(sae_b)
-        x_a, x_b = _stack(activations, key.layer_a), _stack(activations, key.layer_b)
-
-        def correlate(perms):
-            return activation_correlations(a, b, x_a, x_b, perms)
+        correlate = functools.partial(activation_correlations, load_sae(sae_a), load_sae(sae_b),
+                                      _stack(activations, key.layer_a),
+                                      _stack(activations, key.layer_b))
 
     scores = pair_scores(ev_a, ev_b, perms, null_samples=null_samples, seed=seed,
                          correlate=correlate)
