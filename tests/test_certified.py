@@ -19,6 +19,7 @@ from saematch.certified.certificate import _check
 from saematch.certified.graph import add_edges, build_csr
 from saematch.certified.products import ProductStore
 from saematch.certified.screen import Screen, upper_products
+from saematch.certified.sparse_lap import LapState, solve
 from saematch.costs import cost_matrix
 from saematch.errors import SAEMatchError
 from saematch.gemm import sqnorms
@@ -278,6 +279,38 @@ def test_time_limit_returns_valid_bound(mode):
     np.testing.assert_array_equal(np.sort(res.perm), np.arange(20))
     assert res.gap > 0.1
     assert res.objective - res.gap <= ref.objective + _ulps(A, B)  # lower bound is valid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warm_restart_with_row_reduction_is_optimal_on_the_grown_graph(seed):
+    """After edges were added, a warm restart with augmenting row reduction (what the driver asks
+    for when most of the matching is stale) ends at the optimum of the new graph (scipy's
+    sparse matching as the reference) with duals that prove it: reduced costs >= 0 on every edge,
+    0 on the matching. Row reduction may only lower column potentials."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    r = np.concatenate([np.arange(n), np.repeat(np.arange(n), 6)])  # the diagonal: a matching
+    c = np.concatenate([np.arange(n), rng.integers(0, n, 6 * n)])
+    g = build_csr(r, c, (0.1 + rng.random(len(r))).astype(np.float32), (n, n))
+    st = LapState.empty(n, n)
+    assert solve(g, st)[0] == 0
+    nr, nc = rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)
+    g = add_edges(g, nr, nc, (0.1 * rng.random(3 * n)).astype(np.float32))  # cheap: most go stale
+    v_before = st.v.copy()
+    nfail, _, steps = solve(g, st, reduce=True)
+    assert nfail == 0 and steps < 20 * n
+    assert np.all(st.v <= v_before + 1e-12)
+    rows = np.repeat(np.arange(n), np.diff(g.indptr))
+    reduced = g.data - st.u[rows] - st.v[g.indices]
+    assert reduced.min() >= -1e-9
+    on_matching = g.indices == st.col4row[rows]
+    np.testing.assert_allclose(reduced[on_matching], 0, atol=1e-9)
+    np.testing.assert_array_equal(st.row4col[st.col4row], np.arange(n))
+    ref_rows, ref_cols = min_weight_full_bipartite_matching(g)
+    best = np.asarray(g[ref_rows, ref_cols], np.float64).sum()
+    assert np.asarray(g[np.arange(n), st.col4row], np.float64).sum() == pytest.approx(best,
+                                                                                       rel=1e-12)
+    assert st.u.sum() + st.v.sum() == pytest.approx(best, rel=1e-9)
 
 
 def test_add_edges_merges_like_a_rebuild():
