@@ -287,8 +287,7 @@ def table(results: list[dict]) -> str:
                 f"{(r['objective'] - best) / abs(best):.1e}"
             again = f"{r['wall_again']:.1f}" if "wall_again" in r else "-"
             lines.append(f"| {key[0]} | {key[1]} | {r['method']} | {r['wall']:.1f} | {again} | "
-                         f"{ratio} | "
-                         f"{_gib(r['peak_rss'])} | {same} | {rel} | {_detail(r)} |")
+                         f"{ratio} | {_gib(r['peak_rss'])} | {same} | {rel} | {_detail(r)} |")
     return "\n".join(lines)
 
 

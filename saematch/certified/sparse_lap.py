@@ -372,6 +372,7 @@ def solve(costs: sp.csr_matrix, st: LapState,
     rectangular = n_rows < n_cols
     if st.cold and not rectangular:
         _column_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col)
+        # JV's two passes (a patience of 2 lets both run)
         _augmenting_row_reduction(indptr, costs.indices, data, st.v, st.col4row, st.row4col, 2,
                                   2)
     else:
