@@ -18,7 +18,7 @@ from saematch.certified import (
 from saematch.certified.certificate import _check
 from saematch.certified.graph import add_edges, build_csr
 from saematch.certified.products import ProductStore
-from saematch.certified.screen import Screen, upper_products
+from saematch.certified.screen import Screen, bits, to_bf16, upper_products
 from saematch.certified.sparse_lap import LapState, solve
 from saematch.costs import cost_matrix
 from saematch.errors import SAEMatchError
@@ -157,11 +157,17 @@ def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
     gemm32 = (A @ B.T).astype(np.float64)
     for sign in (1.0, -1.0):
         X = np.ascontiguousarray(sign * A)
-        U = np.zeros_like(exact)
-        for rows, c0, blk in upper_products(Screen(X, B), block=16, mem_gib=2 ** -14):
-            U[rows, c0:c0 + blk.shape[1]] = blk
-        assert np.all(U >= sign * exact) and np.all(U >= sign * gemm32)
-        assert np.max((U - sign * exact) / np.abs(exact)) < 0.05  # a bound, not a wild one
+        U = {}
+        for keep in (False, True):  # blocks through a buffer, or written in place in scr.H
+            scr = Screen(X, B, keep=keep)
+            U[keep] = np.zeros_like(exact)
+            for rows, c0, blk in upper_products(scr, block=16, mem_gib=2 ** -14):
+                U[keep][rows, c0:c0 + blk.shape[1]] = blk
+        assert np.all(U[False] >= sign * exact) and np.all(U[False] >= sign * gemm32)
+        assert np.max((U[False] - sign * exact) / np.abs(exact)) < 0.05  # a bound, not wild
+        np.testing.assert_array_equal(U[True], U[False])
+        assert scr.kept.all()
+        np.testing.assert_array_equal(scr.H, bits(to_bf16(X) @ to_bf16(B).T))
 
 
 def test_bf16_bounds_hold_in_column_tiles():
