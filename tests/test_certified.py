@@ -413,3 +413,32 @@ def test_kept_products_make_the_candidate_pass_the_only_gemm_pass(screen, passes
     assert kept.info[passes] == 1.0 and streamed.info[passes] > 1.0
     np.testing.assert_array_equal(kept.perm, streamed.perm)
     np.testing.assert_array_equal(kept.perm, _dense(A, B).perm)
+
+
+def test_certified_assign_pauses_the_collector_and_restores_it(monkeypatch):
+    """The collector is off while the solver runs and back as it was afterwards, also after an
+    error; a caller that turned it off keeps it off."""
+    import gc
+
+    from saematch.certified import driver
+
+    seen = []
+
+    def solve_seeing_gc(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "solve", solve_seeing_gc)
+    A, B = _pair(40, 8, 3)
+    assert gc.isenabled()
+    certified_assign(A, B, k=2)
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(SAEMatchError):
+        certified_assign(A, B, k=2, tol=-1.0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        certified_assign(A, B, k=2)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

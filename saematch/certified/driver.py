@@ -9,6 +9,7 @@ import numpy as np
 from ..assign import Assignment, one_to_one
 from ..device import is_cpu
 from ..errors import SAEMatchError
+from ..jit import gc_paused
 from .blocks import check_pair
 from .certificate import TOL, _check, _Snapshots
 from .graph import CandidateGraph, add_edges, candidate_graph
@@ -18,6 +19,7 @@ from .sparse_lap import LapState, solve
 
 _INF = np.inf
 
+@gc_paused()
 def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
                      random_k: int | None = None, block: int = 4096,
                      device: str = "auto", time_limit: float | None = None,

@@ -42,7 +42,7 @@ from ..atomic import atomic_path
 from ..device import is_cpu, pick_device
 from ..errors import SAEMatchError
 from ..gemm import exact_costs, gemm_blocks, sqnorms
-from ..jit import njit, prange
+from ..jit import gc_paused, njit, prange
 from .blocks import as_f32
 from .kernels import heap_replace, pair_dots
 from .products import ProductStore
@@ -207,6 +207,7 @@ def _select_torch(G: torch.Tensor, rows: slice, c0: int, tna: torch.Tensor, tnb:
         lst["g"][items] = torch.gather(torch.cat([lst["g"][items], g], 1), 1, sel)
 
 
+@gc_paused()
 def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int | None = None,
                     block: int = 4096, device: str = "auto", mem_gib: float | None = None,
                     store: ProductStore | None = None, screen: str | Screen = "auto",
