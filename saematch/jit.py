@@ -1,6 +1,6 @@
 """The compiler of saematch's kernels: numba's ``njit`` with the GIL released, so that the
 compiled sparse solve of one pair runs beside another pair's GEMM passes in a second thread
-(:func:`saematch.match_chain`)."""
+(:func:`saematch.match_chain`); and :func:`gc_paused` for the calls that run them."""
 from __future__ import annotations
 
 import contextlib

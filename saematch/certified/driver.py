@@ -19,6 +19,7 @@ from .sparse_lap import LapState, solve
 
 _INF = np.inf
 
+
 @gc_paused()
 def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
                      random_k: int | None = None, block: int = 4096,
