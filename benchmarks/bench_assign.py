@@ -23,6 +23,12 @@ Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A an
 
     python benchmarks/bench_assign.py --sizes 8192 16384 --generator gemma persist
     python benchmarks/bench_assign.py --sizes 65536 --methods gemm certified
+    python benchmarks/bench_assign.py --sizes 8192 --generator persist \
+        --methods certified lapjv --calls 2 --repeat 7
+
+``--repeat R`` runs every method's process R times, the methods taking turns, and reports
+medians with their ranges, and in how many of the R turns saematch was the faster: a first
+call in a fresh process moves by up to 2x from run to run (fresh memory, imports).
 
 Prints the markdown table (times, ratios to the GEMM pass and to the best peer) and writes it
 to benchmarks/out/bench_assign.md.
@@ -35,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -257,6 +264,38 @@ def _detail(r: dict) -> str:
     return ""
 
 
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One result per (generator, n, method) from ``--repeat`` runs: the run with the median
+    first call (lower median; its details), with every run's first and later calls in
+    ``wall_runs`` and ``wall_again_runs``, in turn order, so that the methods' runs pair up. A
+    method that failed in any run is reported failed."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r.get("generator"), r["n"], r["method"]), []).append(r)
+    out = []
+    for group in groups.values():
+        failed = [r for r in group if "error" in r]
+        if failed:
+            out.append(failed[0])
+            continue
+        mid = dict(sorted(group, key=lambda r: r["wall"])[(len(group) - 1) // 2])
+        mid["wall_runs"] = [r["wall"] for r in group]
+        if all("wall_again" in r for r in group):
+            mid["wall_again_runs"] = [r["wall_again"] for r in group]
+            mid["wall_again"] = statistics.median_low(mid["wall_again_runs"])
+        out.append(mid)
+    return out
+
+
+def _cell(r: dict, wall: str) -> str:
+    """A time, with the range of the runs where there were several."""
+    if wall not in r:
+        return "-"
+    runs = r.get(wall + "_runs", [])
+    spread = f" ({min(runs):.1f}–{max(runs):.1f})" if len(runs) > 1 else ""
+    return f"{r[wall]:.1f}{spread}"
+
+
 def _best_objective(group) -> float | None:
     """The smallest objective any method of one (generator, n) group found."""
     return min((r["objective"] for r in group if "objective" in r), default=None)
@@ -265,7 +304,8 @@ def _best_objective(group) -> float | None:
 def table(results: list[dict]) -> str:
     """One row per (generator, n, method); ratios to the GEMM pass and the reference permutation
     (certified, else dense). "s": the first call in a fresh process; "again s": the fastest
-    later call in that process (``--calls``); the details are of the last call."""
+    later call in that process (``--calls``); the details are of the last call. With several
+    runs (:func:`aggregate`) medians, and the runs' range in brackets."""
     cols = ["generator", "n", "method", "s", "again s", "x GEMM pass", "peak GiB", "same perm",
             "objective - best (rel)", "detail"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -285,9 +325,9 @@ def table(results: list[dict]) -> str:
                 ("yes" if r["perm_sha"] == ref["perm_sha"] else "no")
             rel = "-" if best is None or "objective" not in r else \
                 f"{(r['objective'] - best) / abs(best):.1e}"
-            again = f"{r['wall_again']:.1f}" if "wall_again" in r else "-"
-            lines.append(f"| {key[0]} | {key[1]} | {r['method']} | {r['wall']:.1f} | {again} | "
-                         f"{ratio} | {_gib(r['peak_rss'])} | {same} | {rel} | {_detail(r)} |")
+            lines.append(f"| {key[0]} | {key[1]} | {r['method']} | {_cell(r, 'wall')} | "
+                         f"{_cell(r, 'wall_again')} | {ratio} | {_gib(r['peak_rss'])} | {same} | "
+                         f"{rel} | {_detail(r)} |")
     return "\n".join(lines)
 
 
@@ -313,9 +353,15 @@ def ratios(results: list[dict]) -> list[str]:
             if ours_w and peers_w:
                 o = min(ours_w, key=lambda r: r[wall])
                 p = min(peers_w, key=lambda r: r[wall])
+                o_runs, p_runs = o.get(wall + "_runs", []), p.get(wall + "_runs", [])
+                turns = ""
+                if len(o_runs) > 1 and len(o_runs) == len(p_runs):
+                    faster = sum(a < b for a, b in zip(o_runs, p_runs))
+                    turns = (f" (medians of {len(o_runs)} runs; saematch faster in {faster} of "
+                             f"{len(o_runs)} turns)")
                 out.append(f"{key[0]} n={key[1]}, {what}: saematch {o['method']} {o[wall]:.1f} s "
                            f"vs best peer {p['method']} {p[wall]:.1f} s: "
-                           f"{p[wall] / o[wall]:.2f}x")
+                           f"{p[wall] / o[wall]:.2f}x{turns}")
         if "gemm" in group and "certified" in group:
             out.append(f"{key[0]} n={key[1]}: certified / one GEMM pass = "
                        f"{group['certified']['wall'] / group['gemm']['wall']:.2f}")
@@ -349,6 +395,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1,
                    help="calls per method in its process: from 2 on the table also shows the "
                         "fastest later call, without the one-off starts")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="processes per method, the methods taking turns: medians and ranges")
     p.add_argument("--case", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
@@ -370,21 +418,27 @@ def main() -> None:
                 sys.exit(f"generating {gen} n={n} failed:\n{made.stderr[-3000:]}")
             print(f"{gen} n={n}: vectors ready ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr)
-            for method in args.methods:
-                dense = method in ("dense", "scipy", "lapjv")
-                if (dense and n > args.dense_max) or (method == "scipy" and n > args.scipy_max):
-                    continue
-                r = subprocess_case(args, method, n, gen)
-                r.setdefault("generator", gen)
-                print(f"{gen} n={n}: {method} {r.get('wall', 0):.1f} s", file=sys.stderr)
-                results.append(r)
+            methods = [m for m in args.methods
+                       if not ((m in ("dense", "scipy", "lapjv") and n > args.dense_max)
+                               or (m == "scipy" and n > args.scipy_max))]
+            for turn in range(args.repeat):
+                for method in methods:
+                    r = subprocess_case(args, method, n, gen)
+                    r.setdefault("generator", gen)
+                    r["turn"] = turn
+                    print(f"{gen} n={n}: {method} {r.get('wall', 0):.1f} s", file=sys.stderr)
+                    results.append(r)
     load = os.getloadavg()
     note = (f"Machine: {_cpu()}, {os.cpu_count()} CPUs, device={args.device}, k={args.k}, "
             f"block={args.block}, seed={args.seed}; load average at end {load[0]:.1f}/"
             f"{load[1]:.1f}/{load[2]:.1f}. Peak = peak RSS of the method's own process, inputs A "
             "and B (n x D float32 each) included. Objective: sum ||a_i - b_perm(i)||^2 in float64 "
             "from the vectors, relative to the best of the row group.")
-    md = table(results) + "\n\n" + "\n".join(f"- {x}" for x in ratios(results)) + \
+    if args.repeat > 1:
+        note += (f" Each method ran in {args.repeat} processes, the methods taking turns; times "
+                 "are medians, the runs' range in brackets.")
+    summary = aggregate(results)
+    md = table(summary) + "\n\n" + "\n".join(f"- {x}" for x in ratios(summary)) + \
         "\n\n" + note + "\n"
     print(md)
     (OUT / "bench_assign.md").write_text(md)

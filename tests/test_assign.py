@@ -183,3 +183,27 @@ def test_benchmark_compares_only_with_peers_that_found_the_optimum(monkeypatch):
     assert any("lapmod not optimal" in x for x in lines)
     assert "gemma n=8, first call: saematch dense 4.0 s vs best peer lapjv 5.0 s: 1.25x" in lines
     assert "gemma n=8, again: saematch dense 3.0 s vs best peer lapjv 4.5 s: 1.50x" in lines
+
+
+def test_benchmark_reports_medians_and_turns_of_repeated_runs(monkeypatch):
+    """With ``--repeat`` the table and the comparison give each method's median run, the runs'
+    range, and in how many turns saematch was the faster, its runs paired with the peer's by
+    turn (the lower median, so the details are of a run that happened)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from bench_assign import aggregate, ratios, table
+
+    row = dict(generator="persist", n=8, peak_rss=2 ** 30, objective=5.0)
+    runs = []
+    for turn, (ours, peer) in enumerate([(1.3, 2.0), (1.4, 1.2), (1.2, 1.9), (1.6, 2.2)]):
+        runs += [dict(row, method="dense", wall=ours, wall_again=0.5 + turn, t_cost=turn,
+                      t_call=ours, turn=turn),
+                 dict(row, method="lapjv", wall=peer, t_cost=0.0, t_call=peer, turn=turn)]
+    summary = aggregate(runs)
+    dense = next(r for r in summary if r["method"] == "dense")
+    assert dense["wall"] == 1.3 and dense["t_cost"] == 0 and dense["wall_again"] == 1.5
+    assert dense["wall_runs"] == [1.3, 1.4, 1.2, 1.6]
+    assert "| persist | 8 | dense | 1.3 (1.2–1.6) | 1.5 (0.5–3.5) |" in table(summary)
+    assert ("persist n=8, first call: saematch dense 1.3 s vs best peer lapjv 1.9 s: 1.46x "
+            "(medians of 4 runs; saematch faster in 3 of 4 turns)") in ratios(summary)
+    failed = aggregate(runs + [dict(row, method="lapjv", error="rc=1", wall=0.1, turn=4)])
+    assert next(r for r in failed if r["method"] == "lapjv")["error"] == "rc=1"
