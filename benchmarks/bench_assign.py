@@ -399,6 +399,8 @@ def main() -> None:
                    help="processes per method, the methods taking turns: medians and ranges")
     p.add_argument("--case", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.case:
         run_case(args.case, args.sizes[0], args.seed, args.generator[0], args.device, args.k,
                  args.time_limit, args.block, args.calls)
