@@ -241,7 +241,12 @@ def subprocess_case(args: argparse.Namespace, method: str, n: int, generator: st
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         return {"method": method, "n": n, "error": f"rc={proc.returncode}",
                 "wall": time.perf_counter() - t0}
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return read_result(proc.stdout)
+
+
+def read_result(stdout: str) -> dict:
+    """The last ``RESULT {json}`` line a measured process printed."""
+    line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / "out" / "cache"
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_assign import _cpu, _gib, _peak_rss_bytes  # noqa: E402
+from bench_assign import _cpu, _gib, _peak_rss_bytes, read_result  # noqa: E402
 
 
 def family_paths(n: int, layers: int, d_model: int, survive: float, seed: int) -> list[Path]:
@@ -86,8 +86,7 @@ def main() -> None:
                               capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"workers={workers} failed:\n{proc.stderr[-3000:]}")
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-        rows.append(json.loads(line[len("RESULT "):]))
+        rows.append(read_result(proc.stdout))
         print(f"workers={workers}: {rows[-1]['wall']:.1f} s", file=sys.stderr)
     out = ["| workers | s | cores busy | peak GiB | solver | same perms |",
            "|---|---|---|---|---|---|"]

@@ -192,13 +192,10 @@ def _bf16_blocks(A16: torch.Tensor, B16: torch.Tensor, rows_per: int, tile: int,
                  progress: bool = False,
                  into: np.ndarray | None = None) -> Iterator[tuple[slice, int, np.ndarray]]:
     """``(rows, c0, H)`` for every block of ``A16 @ B16.T``: H the bf16 products as uint16 bits
-    (numba has no bf16), in one reused buffer; or, with ``into`` ([n_A, n_B] uint16, C order),
-    blocks of whole rows (``tile`` is then all columns) computed in place in those rows of
-    ``into``: no buffer to fill and copy (gemma 16384, EPYC: candidate pass 5.44-5.58 ->
-    5.10-5.29 s)."""
+    (numba has no bf16), in one reused buffer; or, with ``into`` ([n_A, n_B] uint16, C order;
+    ``tile`` must then be all columns), computed in place in those rows of ``into``: no buffer
+    to fill and copy (gemma 16384, EPYC: candidate pass 5.44-5.58 -> 5.10-5.29 s)."""
     import torch
-    if into is not None:
-        tile = len(B16)
     buf = torch.empty(0 if into is not None else rows_per * tile, dtype=torch.bfloat16)
     starts = [(r0, c0) for c0 in range(0, len(B16), tile) for r0 in range(0, len(A16), rows_per)]
     for r0, c0 in tqdm(starts, desc="bf16 GEMM blocks", unit="block", disable=not progress):
@@ -220,7 +217,9 @@ def upper_products(screen: Screen, *, block: int = 4096, mem_gib: float | None =
     kept = screen.H is not None
     rows_per, tile = block_shape(len(A16), len(B16), block, budget_bytes("cpu", mem_gib),
                                  4 if kept else 6)
-    ubuf = np.empty(rows_per * (len(B16) if kept else tile), np.float32)
+    if kept:  # written in place: whole rows
+        tile = len(B16)
+    ubuf = np.empty(rows_per * tile, np.float32)
     for rows, c0, H in _bf16_blocks(A16, B16, rows_per, tile, progress, into=screen.H):
         U = ubuf[:H.size].reshape(H.shape)
         _upper_block(H, rows.start, c0, p1, p2, q1, q2, U)

@@ -176,7 +176,7 @@ def _augmenting_row_reduction(indptr, indices, cost, v, col4row, row4col, passes
     best = nfree
     idle = 0
     for _ in range(passes):
-        free[:nfree] = np.sort(free[:nfree])
+        free[:nfree].sort()
         current = 0
         new_free = 0
         count = 0
