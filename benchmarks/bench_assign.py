@@ -153,7 +153,7 @@ def _user_cost(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float | None,
-          block: int, device: str) -> tuple[np.ndarray | None, dict]:
+          block: int, device: str, screen: str = "auto") -> tuple[np.ndarray | None, dict]:
     """One timed call of a method: its permutation (None for ``gemm``) and its details."""
     t0 = time.perf_counter()
     extra: dict = {}
@@ -163,7 +163,8 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
     elif method == "certified":
         from saematch.certified import certified_assign
 
-        res = certified_assign(A, B, k=k, block=block, device=device, time_limit=time_limit)
+        res = certified_assign(A, B, k=k, block=block, device=device, time_limit=time_limit,
+                               screen=screen)
         perm, extra = res.perm, {key: (float(v) if isinstance(v, (int, float, np.number))
                                        else str(v)) for key, v in res.info.items()}
         extra.update(status=res.status, gap=float(res.gap))
@@ -172,7 +173,7 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
 
         from saematch.certified import candidate_graph
 
-        g = candidate_graph(A, B, k, block=block, device=device).costs
+        g = candidate_graph(A, B, k, block=block, device=device, screen=screen).costs
         extra["t_candidates"] = time.perf_counter() - t0
         _, x, _ = lap.lapmod(len(A), g.data.astype(np.float64), g.indptr.astype(np.int32),
                              g.indices.astype(np.int32))
@@ -201,7 +202,7 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
 
 
 def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int,
-             time_limit: float | None, block: int, calls: int = 1) -> dict:
+             time_limit: float | None, block: int, calls: int = 1, screen: str = "auto") -> dict:
     """Body of one measured subprocess; prints one JSON line. ``wall``: the first call, imports
     and one-off starts (numba's kernel loading) included; with ``calls`` > 1 also ``wall_again``,
     the fastest later call in the same process (details are the last call's)."""
@@ -214,7 +215,7 @@ def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int
     walls = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        perm, extra = _call(method, A, B, k, time_limit, block, device)
+        perm, extra = _call(method, A, B, k, time_limit, block, device, screen)
         walls.append(time.perf_counter() - t0)
     again = {"wall_again": min(walls[1:])} if calls > 1 else {}
     out = {"method": method, "n": n, "generator": generator, "wall": walls[0], **again,
@@ -232,7 +233,7 @@ def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int
 def subprocess_case(args: argparse.Namespace, method: str, n: int, generator: str) -> dict:
     cmd = [sys.executable, __file__, "--case", method, "--sizes", str(n), "--seed", str(args.seed),
            "--generator", generator, "--device", args.device, "--k", str(args.k),
-           "--block", str(args.block), "--calls", str(args.calls)]
+           "--block", str(args.block), "--calls", str(args.calls), "--screen", args.screen]
     if args.time_limit is not None:
         cmd += ["--time-limit", str(args.time_limit)]
     t0 = time.perf_counter()
@@ -258,7 +259,8 @@ def _gib(b: float) -> str:
 def _detail(r: dict) -> str:
     if r["method"] == "certified":
         return (f"{r['status']}, gap {r['gap']:.1e}, {int(r['rounds'])} rounds, "
-                f"{r['passes']:.2f} passes + {r.get('screen_passes', 0.0):.2f} in bf16, "
+                f"{r['passes']:.2f} passes + {r.get('screen_passes', 0.0):.2f} in "
+                f"{r.get('screen', 'bf16')}, "
                 f"cand {r['t_candidates']:.1f} + solve "
                 f"{r['t_solve']:.1f} + cert {r['t_certify']:.1f} s")
     if "t_cost" in r:
@@ -402,13 +404,15 @@ def main() -> None:
                         "fastest later call, without the one-off starts")
     p.add_argument("--repeat", type=int, default=1,
                    help="processes per method, the methods taking turns: medians and ranges")
+    p.add_argument("--screen", choices=["auto", "bf16", "int8", "off"], default="auto",
+                   help="the low-precision screen of saematch's passes (certified, lapmod)")
     p.add_argument("--case", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.case:
         run_case(args.case, args.sizes[0], args.seed, args.generator[0], args.device, args.k,
-                 args.time_limit, args.block, args.calls)
+                 args.time_limit, args.block, args.calls, args.screen)
         return
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -437,10 +441,11 @@ def main() -> None:
                     results.append(r)
     load = os.getloadavg()
     note = (f"Machine: {_cpu()}, {os.cpu_count()} CPUs, device={args.device}, k={args.k}, "
-            f"block={args.block}, seed={args.seed}; load average at end {load[0]:.1f}/"
-            f"{load[1]:.1f}/{load[2]:.1f}. Peak = peak RSS of the method's own process, inputs A "
-            "and B (n x D float32 each) included. Objective: sum ||a_i - b_perm(i)||^2 in float64 "
-            "from the vectors, relative to the best of the row group.")
+            f"block={args.block}, seed={args.seed}, screen={args.screen}; load average at end "
+            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}. Peak = peak RSS of the method's own "
+            "process, inputs A and B (n x D float32 each) included. Objective: "
+            "sum ||a_i - b_perm(i)||^2 in float64 from the vectors, relative to the best of the "
+            "row group.")
     if args.repeat > 1:
         note += (f" Each method ran in {args.repeat} processes, the methods taking turns; times "
                  "are medians, the runs' range in brackets.")

@@ -388,7 +388,8 @@ def mem_mb_pair(wc, input, attempt):
     counted as the wider side's n where the size is n x n). Dense LAP: the float32 matrix,
     LAPJV's float64 copy and its work arrays (about 20 bytes a pair). Certified LAP: also the
     products A @ B.T it keeps in memory where they fit (saematch.certified.products_bytes), in
-    float32 or, on a CPU that screens in bf16, as bf16 (up to 46340^2): the larger of the two."""
+    float32 or, on a CPU that screens (bf16 or int8), as bf16 (up to 46340^2): the larger of the
+    two."""
     from saematch.certified import products_bytes
 
     n_a, n_b = pair_features(wc)

@@ -15,10 +15,12 @@ from saematch.certified import (
     read_candidates,
     write_candidates,
 )
+from saematch.certified import screen as screen_mod
 from saematch.certified.certificate import _check
 from saematch.certified.graph import add_edges, build_csr
 from saematch.certified.products import ProductStore
-from saematch.certified.screen import Screen, bits, to_bf16, upper_products
+from saematch.certified.rounding import Int8, bits, dim_groups, to_bf16
+from saematch.certified.screen import Screen, screen_precision, upper_products
 from saematch.certified.sparse_lap import LapState, solve
 from saematch.costs import cost_matrix
 from saematch.errors import SAEMatchError
@@ -79,13 +81,15 @@ def _sparse_only_objective(graph) -> float:
     return float(np.asarray(graph.costs[rows, cols]).sum())
 
 
-# kept: A @ B.T in memory (these sizes always fit), in float32 or as bf16 screen products;
+# kept: A @ B.T in memory (these sizes always fit), in float32 or as bf16/int8 screen products;
 # streamed: every round's rows through the float32 GEMM again, as at widths whose products do
-# not fit; bf16: those passes screened in bf16
+# not fit; bf16, int8: those passes screened in bf16 or int8
 MODES = {"kept": dict(products_gib=None, screen="off"),
          "bf16-kept": dict(products_gib=None, screen="bf16"),
+         "int8-kept": dict(products_gib=None, screen="int8"),
          "streamed": dict(products_gib=0, screen="off"),
-         "bf16": dict(products_gib=0, screen="bf16")}
+         "bf16": dict(products_gib=0, screen="bf16"),
+         "int8": dict(products_gib=0, screen="int8")}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -104,7 +108,7 @@ def test_matches_dense_scipy(n, d, k, seed, mode):
     assert all(np.isscalar(v) for v in res.info.values())
 
 
-@pytest.mark.parametrize("screen", ["off", "bf16"])
+@pytest.mark.parametrize("screen", ["off", "bf16", "int8"])
 @pytest.mark.parametrize("n_b,mem_gib", [(200, None), (2100, 1e-6)])
 def test_candidate_graph_bounds_hold_for_every_left_out_pair(screen, n_b, mem_gib):
     """Also with the columns cut into tiles of 1024 (c0 = 0, 1024, 2048): the kernels index a
@@ -125,15 +129,15 @@ def test_candidate_graph_bounds_hold_for_every_left_out_pair(screen, n_b, mem_gi
               + np.maximum(g.row_kth_ip[:, None], g.col_kth_ip[None, :]))
     assert np.all((C - bound1 + slack)[out] >= 0)
     assert np.all((C - bound2 + slack)[out] >= 0)
-    # the k-th values are the true k-th smallest costs (bf16: lower bounds of them, close)
+    # the k-th values are the true k-th smallest costs (screened: lower bounds of them, close)
     for kth, true in ((g.row_kth, np.sort(C, 1)[:, k - 1]), (g.col_kth, np.sort(C, 0)[k - 1])):
         if screen == "off":
             np.testing.assert_allclose(kth, true, rtol=1e-6)
         else:
-            assert np.all(kth <= true) and np.all(kth >= true - 0.05 * np.max(true))
+            assert np.all(kth <= true) and np.all(kth >= true - 0.1 * np.max(true))
 
 
-@pytest.mark.parametrize("screen", ["off", "bf16"])
+@pytest.mark.parametrize("screen", ["off", "bf16", "int8"])
 def test_certificate_streams_rows_in_column_tiles(screen):
     """Rows streamed through the GEMM (products not kept) in tiles of 1024 columns, so the
     kernels see c0 = 0, 1024 and 2048: the answer is the dense optimum."""
@@ -144,13 +148,29 @@ def test_certificate_streams_rows_in_column_tiles(screen):
     np.testing.assert_array_equal(res.perm, assign_dense(cost_matrix(A, B)).perm)
 
 
+def _int8_products(scr: Screen, X: np.ndarray) -> np.ndarray:
+    """The int8 screen's products of X's rows with B's, from its own rounding, in float64:
+    each group's exact integer products times the two scales."""
+    (QA, sa), _ = scr.fmt.round(X)
+    (QB, sb), _ = scr.fmt.round(scr.B)
+    return sum(sa[:, [g]] * sb[:, g] * (QA[g].double() @ QB[g].double().T).numpy()
+               for g in range(len(QA)))
+
+
+def _bf16_values(H: np.ndarray) -> np.ndarray:
+    return (H.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("d", [8, 4609])
-def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
+def test_screen_products_bound_the_exact_ones_from_both_sides(d, precision):
     """``upper_products`` is an upper bound of a.b in float64 and of the float32 GEMM's; for -A
-    (bf16 rounding is symmetric) it gives the lower end. Nearly parallel vectors of mixed
-    norms make the sums long and one-signed, the case that strains the float32 accumulation."""
+    (bf16 and int8 rounding are symmetric) it gives the lower end. Nearly parallel vectors of
+    mixed norms make the sums long and one-signed, the case that strains the float32
+    accumulation; the last dimension, 100x the others, is an int8 group of its own."""
     rng = np.random.default_rng(d)
     base = rng.standard_normal((1, d)) + rng.standard_normal((96, d)) * 0.05
+    base[:, -1] *= 100
     A = (base[:48] * rng.lognormal(0, 1, (48, 1))).astype(np.float32)
     B = (base[48:] * rng.lognormal(0, 1, (48, 1))).astype(np.float32)
     exact = A.astype(np.float64) @ B.astype(np.float64).T
@@ -159,7 +179,7 @@ def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
         X = np.ascontiguousarray(sign * A)
         U = {}
         for keep in (False, True):  # blocks through a buffer, or written in place in scr.H
-            scr = Screen(X, B, keep=keep)
+            scr = Screen(X, B, keep=keep, precision=precision)
             U[keep] = np.zeros_like(exact)
             for rows, c0, blk in upper_products(scr, block=16, mem_gib=2 ** -14):
                 U[keep][rows, c0:c0 + blk.shape[1]] = blk
@@ -167,10 +187,61 @@ def test_bf16_products_bound_the_exact_ones_from_both_sides(d):
         assert np.max((U[False] - sign * exact) / np.abs(exact)) < 0.05  # a bound, not wild
         np.testing.assert_array_equal(U[True], U[False])
         assert scr.kept.all()
-        np.testing.assert_array_equal(scr.H, bits(to_bf16(X) @ to_bf16(B).T))
+        if precision == "bf16":
+            np.testing.assert_array_equal(scr.H, bits(to_bf16(X) @ to_bf16(B).T))
+        else:  # the groups' products, rounded to float32 and to bf16 (half an ulp, 2**-8)
+            assert len(scr.fmt.starts) == 3  # the large last dimension alone
+            ref = _int8_products(scr, X)
+            err = np.abs(_bf16_values(scr.H) - ref)
+            assert np.all(err <= 2.0 ** -8 * (1 + 2.0 ** -15) * np.abs(ref))
 
 
-def test_bf16_bounds_hold_in_column_tiles():
+def test_int8_groups_dimensions_by_scale():
+    """Dimensions are grouped by their scale over the rows of A and B, at jumps of more than 4x
+    (at most 4 groups); one scale per row and group keeps small dimensions from rounding to
+    nothing next to large ones, and a group of one dimension (int8 GEMM with a zero column:
+    torch's _int_mm gets an inner dimension of 1 wrong) multiplies exactly."""
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0] * 6 + [0.01] * 5 + [100.0] + [3.0] * 4)  # 1 and 3: one group
+    A = (rng.standard_normal((40, 16)) * scale).astype(np.float32)
+    B = (rng.standard_normal((30, 16)) * scale).astype(np.float32)
+    groups = dim_groups(A, B)
+    assert sorted(sorted(g.tolist()) for g in groups) == [
+        [0, 1, 2, 3, 4, 5, 12, 13, 14, 15], [6, 7, 8, 9, 10], [11]]
+    assert len(dim_groups(A, B, max_groups=2)) == 2  # the largest jump only
+    fmt = Int8(A, B)
+    (_, sa), norms = fmt.round(A)
+    assert sa.shape == (40, 3)
+    assert np.all(norms[2] <= 0.01 * norms[0])  # |a - a'| small next to |a|
+    scr = Screen(A, B, precision="int8")
+    exact = A.astype(np.float64) @ B.astype(np.float64).T
+    ref = _int8_products(scr, A)
+    err = norms[2][:, None] * np.linalg.norm(B, axis=1) + norms[1][:, None] * fmt.round(B)[1][2]
+    assert np.all(np.abs(exact - ref) <= err * (1 + 1e-12))  # the bound's terms hold
+
+
+def test_screen_precision_follows_the_hardware(monkeypatch):
+    """"auto" screens in bf16 where the CPU multiplies bf16, else in int8 where torch
+    multiplies int8, else not at all; CUDA never screens; "int8" without int8 support and
+    unknown names are errors."""
+    for bf16, int8, want in ((True, True, "bf16"), (False, True, "int8"), (False, False, None)):
+        monkeypatch.setattr(screen_mod, "bf16_fast", lambda v=bf16: v)
+        monkeypatch.setattr(screen_mod, "int8_available", lambda v=int8: v)
+        assert screen_precision("auto", True) == want
+        assert screen_precision("auto", False) is None
+        assert screen_precision("off", True) is None
+        assert screen_precision("bf16", True) == "bf16"
+        if int8:
+            assert screen_precision("int8", True) == "int8"
+        else:
+            with pytest.raises(SAEMatchError, match="int8"):
+                screen_precision("int8", True)
+    with pytest.raises(SAEMatchError, match="screen must be"):
+        screen_precision("fp8", True)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_screen_bounds_hold_in_column_tiles(precision):
     """A tile past the first (c0 = 1024) gets its own columns' error terms: the first 1024
     columns are 1e-3 the norm of the rest, so their terms would not cover the rounding."""
     rng = np.random.default_rng(1)
@@ -181,7 +252,8 @@ def test_bf16_bounds_hold_in_column_tiles():
     exact = A.astype(np.float64) @ B.astype(np.float64).T
     U = np.zeros_like(exact)
     starts = set()
-    for rows, c0, blk in upper_products(Screen(A, B), block=16, mem_gib=2 ** -20):
+    for rows, c0, blk in upper_products(Screen(A, B, precision=precision), block=16,
+                                        mem_gib=2 ** -20):
         U[rows, c0:c0 + blk.shape[1]] = blk
         starts.add(c0)
     assert starts == {0, 1024} and np.all(U >= exact)
@@ -371,11 +443,11 @@ def test_bad_inputs():
         certified_assign(A, B, graph=candidate_graph(A[:8], B[:8], 2))
 
 
-@pytest.mark.parametrize("mode", ["streamed", "kept", "bf16", "bf16-kept"])
+@pytest.mark.parametrize("mode", ["streamed", "kept", "bf16", "bf16-kept", "int8", "int8-kept"])
 def test_certificate_counts_every_violation_exactly(mode):
     """Duals that make most pairs violate: the count, streamed through the GEMM, read from the
-    kept products or screened in bf16 (with room for every open pair; its products computed
-    now or kept), must match a dense recount."""
+    kept products or screened in bf16 or int8 (with room for every open pair; its products
+    computed now or kept), must match a dense recount."""
     A, B = _pair(70, 6, 8)
     graph = candidate_graph(A, B, 2)
     C = cost_matrix(A, B).astype(np.float64)
@@ -383,8 +455,8 @@ def test_certificate_counts_every_violation_exactly(mode):
     kw = dict(snaps=None, block=16, device="cpu", mem_gib=None, deadline=None)
     if mode == "kept":
         chk = _check(A, B, graph, u, v, TOL, m=1, store=ProductStore.allocate(70, 70), **kw)
-    elif mode.startswith("bf16"):
-        scr = Screen(A, B, keep=mode == "bf16-kept")
+    elif mode.startswith(("bf16", "int8")):
+        scr = Screen(A, B, keep=mode.endswith("-kept"), precision=mode.split("-")[0])
         chk = _check(A, B, graph, u, v, TOL, m=70, screen=scr, **kw)
         assert chk.pairs_screened > 0 and chk.pairs_streamed == 0
         assert scr.kept.sum() == (chk.rows_streamed if scr.H is not None else 0)
@@ -400,7 +472,8 @@ def test_certificate_counts_every_violation_exactly(mode):
     assert chk.lower_bound <= _dense(A, B).objective
 
 
-@pytest.mark.parametrize("screen,passes", [("off", "passes"), ("bf16", "screen_passes")])
+@pytest.mark.parametrize("screen,passes", [("off", "passes"), ("bf16", "screen_passes"),
+                                           ("int8", "screen_passes")])
 def test_kept_products_make_the_candidate_pass_the_only_gemm_pass(screen, passes):
     """With the products kept (float32, or the bf16 screen's), the candidate pass computes
     A @ B.T once and every certificate round re-reads it: GEMM work is exactly one pass, the

@@ -4,7 +4,7 @@ have ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
 Row- and column-level bounds (the candidate pass's k-th values, and for rows streamed in an
 earlier round the margin then observed, corrected for how far the duals moved) settle most rows
 for free; the rest are streamed whole, from the products kept in memory (:mod:`.products`),
-through the GEMM, or through a bf16 GEMM (or its kept products) with a rigorous error bound
+through the GEMM, or through a bf16 or int8 GEMM (or its kept products) with a rigorous error bound
 (:mod:`.screen`), with the
 reduced costs selected in the same pass (numba, both cores). Each streamed row hands back its
 best pairs by reduced cost (all violations among them) for the graph.
@@ -116,7 +116,7 @@ class DualCheck:
     lower_bound: float  # Lagrangian bound sum u + sum v + sum_i min(0, row minimum)
     rows_streamed: int  # rows whose every pair was checked (GEMM or product store)
     pairs_streamed: int  # float32 GEMM work of this pass, in (row, column) pairs
-    pairs_screened: int  # bf16 GEMM work of this pass (:mod:`.screen`)
+    pairs_screened: int  # the screen's GEMM work of this pass (:mod:`.screen`)
     min_reduced_cost: float  # lower bound of the smallest reduced cost of any pair
     new_rows: np.ndarray = field(repr=False, default=None)  # pairs to add (best by reduced cost)
     new_cols: np.ndarray = field(repr=False, default=None)
@@ -177,7 +177,7 @@ class _Streamed(NamedTuple):
     kth: np.ndarray
     violations: np.ndarray
     gemm_rows: int  # rows that went through the float32 GEMM
-    screened_rows: int  # rows that went through the bf16 screen
+    screened_rows: int  # rows that went through the screen
 
 
 def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: np.ndarray,
@@ -185,7 +185,7 @@ def _stream_rows(A, B, graph: CandidateGraph, R: np.ndarray, u: np.ndarray, v: n
                  mem_gib: float | None, deadline: float | None, store: ProductStore | None,
                  screen: Screen | None = None) -> _Streamed | None:
     """Exact reduced costs of rows R x all columns outside the graph, from the product ``store``
-    (rows not in it yet are computed into it first), through the bf16 screen (:mod:`.screen`)
+    (rows not in it yet are computed into it first), through the screen (:mod:`.screen`)
     or by one float32 GEMM pass over those rows (numba selection on the CPU, ``torch.topk`` on
     CUDA). None if the deadline stopped it."""
     n = B.shape[0]
@@ -247,7 +247,7 @@ def _past(deadline: float | None) -> bool:
 def _screen(screen: Screen, A, B, graph: CandidateGraph, R, sub, u, v, sa, sb, mm: int,
             block: int, device: str, mem_gib: float | None,
             deadline: float | None) -> _Streamed | None:
-    """:func:`_stream_rows` through the bf16 screen. A row's violations are exact when all its
+    """:func:`_stream_rows` through the screen. A row's violations are exact when all its
     open pairs fit its m best; otherwise the proven ones count. A row with more open pairs
     than that and none proven, in a pass that proved none anywhere, is streamed in float32."""
     s = screen_rows(screen, R, sub, graph.row_sq[R], graph.col_sq, u[R], v, sa[R], sb, mm,
@@ -341,7 +341,7 @@ def _check(A, B, graph: CandidateGraph, u: np.ndarray, v: np.ndarray, tau: float
     Rows the O(n) bounds do not settle are streamed whole (at most ``max_rows`` that need the
     GEMM, worst first; rows kept in ``store`` or by the screen are re-read and do not count).
     ``rows_only``: stream exactly these rows (to grow stuck rows). ``screen``: rows not kept
-    in ``store`` go through this bf16 screen (:mod:`.screen`) instead of the float32 GEMM."""
+    in ``store`` go through this screen (:mod:`.screen`) instead of the float32 GEMM."""
     n_rows, n = graph.shape
     g = graph.costs
     na, nb = graph.row_sq, graph.col_sq

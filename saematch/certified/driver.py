@@ -14,7 +14,7 @@ from .blocks import check_pair
 from .certificate import TOL, _check, _Snapshots
 from .graph import CandidateGraph, add_edges, candidate_graph
 from .products import ProductStore, products_bytes
-from .screen import Screen, use_screen
+from .screen import Screen, screen_precision
 from .sparse_lap import LapState, solve
 
 _INF = np.inf
@@ -45,10 +45,11 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     ``add_per_row`` (default ``max(4k, 64)``; k when the products are kept) best pairs by reduced
     cost: duals improve between rounds, so rows streamed later are streamed fewer times.
     ``mem_gib`` bounds one GEMM block's temporaries. On the CPU the candidate pass and the
-    streamed rows may go through a bf16 GEMM first (``screen``: "auto", "bf16" or "off";
-    :func:`.screen.use_screen`). When all of ``A @ B.T`` fits in ``products_gib`` (default
-    :data:`PRODUCTS_GIB`; 0 turns it off), in float32 (:mod:`.products`) or screened as bf16
-    products (2 bytes a pair), it is kept in memory: every row goes through the GEMM once, in
+    streamed rows may go through a bf16 or int8 GEMM first (``screen``: "auto", "bf16", "int8"
+    or "off"; :func:`.screen.screen_precision`; ``info["screen"]`` says which ran). When all
+    of ``A @ B.T`` fits in ``products_gib`` (default :data:`PRODUCTS_GIB`; 0 turns it off), in
+    float32 (:mod:`.products`) or as the screen's products (bf16, 2 bytes a pair), it is kept
+    in memory: every row goes through the GEMM once, in
     the candidate pass when the graph is built here.
     ``return_duals=True`` returns ``(assignment, u, v)``. ``match_cost`` holds the graph's float32
     costs, which can differ from :func:`saematch.costs.cost_matrix` in the last ulp.
@@ -58,14 +59,16 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     A, B = check_pair(A, B)
     n, n_cols = A.shape[0], B.shape[0]
     on_cpu = is_cpu(device)
-    screened = use_screen(screen, on_cpu)  # rejects a bad value before any work
+    precision = screen_precision(screen, on_cpu)  # rejects a bad value before any work
+    screened = precision is not None
     if n == 0:
         res = one_to_one(Assignment(perm=np.zeros(0, np.int64), match_cost=np.zeros(0),
                                     solver="certified"), n_cols)
         return (res, np.zeros(0), np.zeros(n_cols)) if return_duals else res
     keep = on_cpu and bool(products_bytes(n, n_cols, products_gib, 2 if screened else 4))
     store = ProductStore.allocate(n, n_cols) if keep and not screened else None
-    scr = Screen(A, B, keep) if screened else None  # one for the candidate pass and the rounds
+    # one screen for the candidate pass and the rounds
+    scr = Screen(A, B, keep, precision) if screened else None
     built = graph is None
     if built:
         graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
@@ -147,8 +150,9 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
         match[rows] = np.asarray(costs[rows, perm[rows]]).ravel()
     objective = float(match.sum())
     info = dict(k=graph.k, add_per_row=m, edges=int(costs.nnz), edges_candidates=graph.nnz,
-                tol=tau, lower_bound=best_lb, t_candidates=t_cand, t_solve=t_solve,
-                t_certify=t_cert, t_total=time.monotonic() - t_start, graph_built=built,
+                tol=tau, lower_bound=best_lb, screen=precision or "off", t_candidates=t_cand,
+                t_solve=t_solve, t_certify=t_cert, t_total=time.monotonic() - t_start,
+                graph_built=built,
                 passes=float(built and not screened) + stats["pairs_streamed"] / (n * n_cols),
                 screen_passes=float(built and screened) + stats["pairs_screened"] / (n * n_cols),
                 **stats)

@@ -23,9 +23,9 @@ every part; they cost ``n random_k D`` flops, not a pass (gemma generator at 819
 
 Selection costs a few comparisons per GEMM output: on the CPU, numba kernels keep a bounded
 max-heap per row and per column and only touch it when a key beats the current k-th
-(both cores, one pass over each block); on CUDA, ``torch.topk`` of each block. On CPUs that
-multiply bf16 in hardware the selection is from upper bounds of the products by a bf16 GEMM
-(:mod:`.screen`): the k-th keys are then lower bounds, still valid for every pair left out, and
+(both cores, one pass over each block); on CUDA, ``torch.topk`` of each block. Where the CPU
+screens (:mod:`.screen`: bf16 or int8) the selection is from upper bounds of the products by a
+low-precision GEMM: the k-th keys are then lower bounds, still valid for every pair left out, and
 the kept pairs get exact inner products.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..jit import gc_paused, njit, prange
 from .blocks import as_f32
 from .kernels import heap_replace, pair_dots
 from .products import ProductStore
-from .screen import Screen, upper_products, use_screen
+from .screen import Screen, screen_precision, upper_products
 
 if TYPE_CHECKING:  # torch is imported where CUDA needs it: the CPU paths take 2 s less to start
     import torch
@@ -217,8 +217,9 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
     k-th values as bounds, plus ``random_k`` (default ``2 k``) random partners per row.
     Memory O((n_rows + n_cols) k) plus one GEMM block (``mem_gib``). A product ``store`` (CPU)
     receives all of ``A @ B.T``: the pass computes it in place. Without one, ``screen``
-    (:func:`.screen.use_screen`; or a :class:`.screen.Screen` of A and B to use, which may keep
-    its bf16 products) may select from upper bounds of the products by a bf16 GEMM, keeping
+    (:func:`.screen.screen_precision`; or a :class:`.screen.Screen` of A and B to use, which may
+    keep its products) may select from upper bounds of the products by a bf16 or int8 GEMM,
+    keeping
     lower bounds of the keys (:func:`.screen.upper_products`); the kept pairs then get exact
     inner products."""
     A, B = as_f32(A, "A"), as_f32(B, "B")
@@ -251,8 +252,10 @@ def candidate_graph(A: np.ndarray, B: np.ndarray, k: int = 16, *, random_k: int 
         tna, tnb = torch.from_numpy(na).to(dev), torch.from_numpy(nb).to(dev)
     fill = store is not None and on_cpu
     shared = isinstance(screen, Screen)  # the driver's, kept for its certificate rounds
-    screened = not fill and (on_cpu if shared else use_screen(screen, on_cpu))
-    blocks = (upper_products(screen if shared else Screen(A, B), block=block, mem_gib=mem_gib,
+    precision = None if fill or shared else screen_precision(screen, on_cpu)
+    screened = not fill and (on_cpu if shared else precision is not None)
+    blocks = (upper_products(screen if shared else Screen(A, B, precision=precision),
+                             block=block, mem_gib=mem_gib,
                              progress=progress)
               if screened else
               gemm_blocks(A, B, block=block, device=device, mem_gib=mem_gib,

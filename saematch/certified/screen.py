@@ -1,22 +1,23 @@
-"""A bfloat16 screen for the passes over all pairs: the candidate pass and every certificate
-round's streamed rows. Most pairs are settled from a bf16 GEMM with a rigorous error bound;
-only the pairs kept get an exact inner product. Where the bf16 products fit the budget
-(:func:`.products_bytes`, 2 bytes a pair: 16384 x 16384 is 0.5 GiB) they are kept
-(``Screen(keep=True)``), and a round re-reads a row instead of running the GEMM again (gemma
-16384, EPYC: 16.3 s with the float32 products kept, 10.8 s screened with its products kept,
-same permutation).
+"""A low-precision screen for the passes over all pairs: the candidate pass and every
+certificate round's streamed rows. Most pairs are settled from a bf16 or int8 GEMM
+(:mod:`.rounding`) with a rigorous error bound; only the pairs kept get an exact inner product.
+Where the screen's products (stored as bf16) fit the budget (:func:`.products_bytes`, 2 bytes a
+pair: 16384 x 16384 is 0.5 GiB) they are kept (``Screen(keep=True)``), and a round re-reads a
+row instead of running the GEMM again (gemma 16384, EPYC: 16.3 s with the float32 products
+kept, 10.8 s screened in bf16 with its products kept, same permutation).
 
-On CPUs that multiply bf16 in hardware (AMX, AVX512-BF16) a
-bf16 GEMM takes 0.4x the time of a float32 one (Xeon, 4096 x 8192 x 4609: 0.52 vs 1.32 s). Its
-product ``h_ij`` of the rounded vectors ``a'``, ``b'`` (accumulated in float32, stored as bf16)
-is within
+On CPUs that multiply bf16 in hardware (AMX, AVX512-BF16) a bf16 GEMM takes 0.4x the time of a
+float32 one (Xeon, 4096 x 8192 x 4609: 0.52 vs 1.32 s); an int8 GEMM takes 0.42x on AVX2 and
+less with VNNI (:mod:`.rounding`). The screen's product ``h_ij`` of the rounded vectors ``a'``,
+``b'`` (stored as bf16) is within
 
-    e_ij = |a - a'| |b| + |a'| (|b - b'| + gamma |b'|) + gamma |a| |b| + 2**-8 |h_ij|
+    e_ij = |a - a'| |b| + |a'| (|b - b'| + gamma' |b'|) + gamma |a| |b| + 2**-8 |h_ij|
 
 of ``a . b`` and of the float32 GEMM's product (``gamma = D 2**-23``, at least the float32
-bound ``D u / (1 - D u)`` of a D-term sum for D < 2**22, for both accumulations; ``2**-8 |h|``
-the bf16 rounding of the output). So the exact cost lies in ``[c(h + e), c(h - e)]``, both
-rounded as :func:`saematch.gemm.exact_costs` rounds a cost.
+bound ``D u / (1 - D u)`` of a D-term sum for D < 2**22; ``gamma'`` the format's own
+accumulation before the output's rounding: the same for bf16, 2**-23 for int8, whose GEMM is
+exact; ``2**-8 |h|`` the bf16 rounding of the output). So the exact cost lies in
+``[c(h + e), c(h - e)]``, both rounded as :func:`saematch.gemm.exact_costs` rounds a cost.
 
 - Candidate pass (:func:`upper_products`): the lists are selected by ``h + e``, so their k-th
   keys are lower bounds, valid for every pair left out; the pairs kept get exact inner products
@@ -30,22 +31,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import SAEMatchError
 from ..gemm import block_shape, budget_bytes, exact_costs
 from ..jit import njit, prange
 from .kernels import bf16_row, mask_edges, pair_dots, push_smallest
-
-if TYPE_CHECKING:
-    import torch
+from .rounding import Bf16, Int8, int8_available
 
 _INF = np.inf
 _OUT = 2.0 ** -8  # bf16 rounding of the GEMM's float32 output, relative to the stored value
-_CHUNK = 4096  # rows converted to bf16 at a time (bounds the float32 temporaries)
+PRECISIONS = ("bf16", "int8")
 
 
 def bf16_fast() -> bool:
@@ -56,97 +54,63 @@ def bf16_fast() -> bool:
                for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
-def use_screen(screen: str, on_cpu: bool) -> bool:
-    """Whether to screen on the CPU: "bf16" always, "off" never,
-    "auto" where :func:`bf16_fast`. The exact costs of the pairs kept are then float64 dots
-    rounded to float32, which can differ from a float32 GEMM's in the last ulp (as GEMMs of
-    two block shapes do). CUDA never screens."""
-    if screen not in ("auto", "bf16", "off"):
-        raise SAEMatchError(f"screen must be 'auto', 'bf16' or 'off', got {screen!r}")
-    return on_cpu and (screen == "bf16" or (screen == "auto" and bf16_fast()))
-
-
-def to_bf16(X: np.ndarray) -> torch.Tensor:
-    """X rounded to bf16 (nearest even, torch's conversion)."""
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(X)).to(torch.bfloat16)
-
-
-def bits(X16: torch.Tensor) -> np.ndarray:
-    """A bf16 tensor's values as uint16 bits (numba has no bf16), without a copy."""
-    import torch
-    return X16.view(torch.int16).numpy().view(np.uint16)
-
-
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def _norms(X, H, out):
-    """Per row i of X and of its bf16 rounding H (uint16 bits): ``out[:, i]`` = ``|x|``,
-    ``|x'|`` and ``|x - x'|`` (squares summed in float64 in any order, which lets the compiler
-    vectorise; the difference of a float32 and its bf16 rounding is exact)."""
-    for i in prange(X.shape[0]):
-        h = bf16_row(H, i)
-        s0 = s1 = s2 = 0.0
-        for d in range(X.shape[1]):
-            x = np.float64(X[i, d])
-            y = np.float64(h[d])
-            s0 += x * x
-            s1 += y * y
-            s2 += (x - y) * (x - y)
-        out[0, i] = np.sqrt(s0)
-        out[1, i] = np.sqrt(s1)
-        out[2, i] = np.sqrt(s2)
-
-
-def rounded(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """X rounded to bf16, and ``|x|``, ``|x'|``, ``|x - x'|`` per row (float64, a [3, n] array:
-    each term contiguous, as the kernels that read it vectorise only then, 55-62 -> 33 ms for a
-    screen block of persist 8192), both from one rounding, made ``_CHUNK`` rows at a time."""
-    import torch
-    X16 = torch.empty(X.shape, dtype=torch.bfloat16)
-    norms = np.empty((3, len(X)))
-    for r0 in range(0, len(X), _CHUNK):
-        x = X[r0:r0 + _CHUNK]
-        X16[r0:r0 + _CHUNK] = torch.from_numpy(x)
-        _norms(x, bits(X16[r0:r0 + _CHUNK]), norms[:, r0:r0 + _CHUNK])
-    return X16, norms
+def screen_precision(screen: str, on_cpu: bool) -> str | None:
+    """The screen's precision on the CPU, or None for none: "bf16" and "int8" as named, "off"
+    none, "auto" bf16 where :func:`bf16_fast`, else int8 where torch multiplies int8. The exact
+    costs of the pairs kept are then float64 dots rounded to float32, which can differ from a
+    float32 GEMM's in the last ulp (as GEMMs of two block shapes do). CUDA never screens."""
+    if screen not in ("auto", "off", *PRECISIONS):
+        raise SAEMatchError(f"screen must be 'auto', 'bf16', 'int8' or 'off', got {screen!r}")
+    if screen == "int8" and not int8_available():
+        raise SAEMatchError("screen='int8' needs torch._int_mm on the CPU (torch >= 2.4)")
+    if not on_cpu or screen == "off":
+        return None
+    if screen == "auto":
+        return "bf16" if bf16_fast() else "int8" if int8_available() else None
+    return screen
 
 
 class Screen:
-    """A and B in bf16 for one solve, with the bound's terms: ``e = p1_i q1_j + p2_i q2_j``
-    plus the output rounding, ``p1 = |a - a'| + gamma |a|``, ``p2 = |a'|``, ``q1 = |b|``,
-    ``q2 = |b - b'| + gamma |b'|``. B' and the terms are made on first use and kept for later
-    rounds (B': n_B D 2 bytes, 0.6 GB at 65536 x 4609); rows of A' are rounded when asked for
-    (a fast copy: the terms, which take a pass in float64, are kept). With ``keep`` the bf16
-    products of every row that went through the GEMM are kept in ``H`` (uint16 bits,
-    ``kept[i]`` once row i is whole) and re-read later."""
+    """A and B rounded (:mod:`.rounding`; ``precision`` "bf16" or "int8") for one solve, with
+    the bound's terms: ``e = p1_i q1_j + p2_i q2_j`` plus the output rounding,
+    ``p1 = |a - a'| + gamma |a|``, ``p2 = |a'|``, ``q1 = |b|``, ``q2 = |b - b'| + gamma' |b'|``.
+    B' and the terms are made on first use and kept for later rounds (B' in bf16: n_B D 2
+    bytes, 0.6 GB at 65536 x 4609; int8 half that); rows of A' are rounded when asked for (the
+    terms, which take a pass in float64, are kept). With ``keep`` the products of every row
+    that went through the GEMM are kept in ``H`` (bf16 as uint16 bits, ``kept[i]`` once row i
+    is whole) and re-read later."""
 
-    def __init__(self, A: np.ndarray, B: np.ndarray, keep: bool = False):
+    def __init__(self, A: np.ndarray, B: np.ndarray, keep: bool = False,
+                 precision: str = "bf16"):
+        if precision not in PRECISIONS:
+            raise SAEMatchError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.A, self.B = A, B
         self.gamma = B.shape[1] * 2.0 ** -23
+        self.fmt = Bf16(B.shape[1]) if precision == "bf16" else Int8(A, B)
         self._row_terms: tuple[np.ndarray, np.ndarray] | None = None
-        # the bf16 products of every row streamed so far, when kept (uncommitted until written)
+        # the products of every row streamed so far, when kept (uncommitted until written)
         self.H = np.empty((len(A), len(B)), np.uint16) if keep else None
         self.kept = np.zeros(len(A), bool)
 
     @functools.cached_property
-    def columns(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def columns(self) -> tuple[object, np.ndarray, np.ndarray]:
         """``(B', q1, q2)``."""
-        B16, norm = rounded(self.B)
-        return B16, norm[0], norm[2] + self.gamma * norm[1]
+        B_, norm = self.fmt.round(self.B)
+        return B_, norm[0], norm[2] + self.fmt.gamma * norm[1]
 
-    def rows(self, R: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def rows(self, R: np.ndarray | None = None) -> tuple[object, np.ndarray, np.ndarray]:
         """``(A', p1, p2)`` for the rows R of A (all rows if None; the terms of every row are
         made the first time, from that rounding when it is of all rows)."""
-        A16 = self._round_rows() if self._row_terms is None else None
+        A_ = self._round_rows() if self._row_terms is None else None
         p1, p2 = self._row_terms
         if R is None:
-            return (to_bf16(self.A) if A16 is None else A16), p1, p2
-        return to_bf16(self.A[R]), p1[R], p2[R]
+            return (self.fmt.cast(self.A) if A_ is None else A_), p1, p2
+        return self.fmt.cast(self.A[R]), p1[R], p2[R]
 
-    def _round_rows(self) -> torch.Tensor:
-        A16, norm = rounded(self.A)
+    def _round_rows(self) -> object:
+        A_, norm = self.fmt.round(self.A)
         self._row_terms = norm[2] + self.gamma * norm[0], norm[1]
-        return A16
+        return A_
 
     def row_terms(self, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(p1, p2)`` for the rows R of A."""
@@ -154,16 +118,27 @@ class Screen:
             self._round_rows()
         return self._row_terms[0][R], self._row_terms[1][R]
 
+    def block_shape(self, n_rows: int, block: int, mem_gib: float | None,
+                    per_pair: int) -> tuple[int, int]:
+        """:func:`saematch.gemm.block_shape` for ``per_pair`` bytes a pair of the caller's
+        and the format's own temporaries."""
+        return block_shape(n_rows, len(self.B), block, budget_bytes("cpu", mem_gib),
+                           per_pair + self.fmt.extra_bytes)
+
+    def products(self, A_, rows_per: int, tile: int, progress: bool = False,
+                 into: np.ndarray | None = None) -> Iterator[tuple[slice, int, np.ndarray]]:
+        """The format's product blocks of rows ``A_`` (:meth:`rows`) by all of B'."""
+        return self.fmt.products(A_, self.columns[0], rows_per, tile, progress, into)
+
     def keep_rows(self, R: np.ndarray, block: int, mem_gib: float | None,
                   deadline_hit) -> int | None:
         """Compute the products of the rows of R not kept yet into ``H``; how many (None if
         ``deadline_hit()`` stopped it: a row counts as kept once all of it is written)."""
         new = R[~self.kept[R]]
         if len(new):
-            A16, _, _ = self.rows(new)
-            rows_per, tile = block_shape(len(new), len(self.B), block,
-                                         budget_bytes("cpu", mem_gib), 2)
-            for rows, c0, H in _bf16_blocks(A16, self.columns[0], rows_per, tile):
+            A_, _, _ = self.rows(new)
+            rows_per, tile = self.block_shape(len(new), block, mem_gib, 2)
+            for rows, c0, H in self.products(A_, rows_per, tile):
                 if deadline_hit():
                     return None
                 self.H[new[rows], c0:c0 + H.shape[1]] = H
@@ -188,39 +163,20 @@ def _upper_block(H, r0, c0, p1, p2, q1, q2, out):
             out[tt, jj] = g + e * (1.0 + 2.0 ** -20) + 2.0 ** -22 * abs(g)
 
 
-def _bf16_blocks(A16: torch.Tensor, B16: torch.Tensor, rows_per: int, tile: int,
-                 progress: bool = False,
-                 into: np.ndarray | None = None) -> Iterator[tuple[slice, int, np.ndarray]]:
-    """``(rows, c0, H)`` for every block of ``A16 @ B16.T``: H the bf16 products as uint16 bits
-    (numba has no bf16), in one reused buffer; or, with ``into`` ([n_A, n_B] uint16, C order;
-    ``tile`` must then be all columns), computed in place in those rows of ``into``: no buffer
-    to fill and copy (gemma 16384, EPYC: candidate pass 5.44-5.58 -> 5.10-5.29 s)."""
-    import torch
-    buf = torch.empty(0 if into is not None else rows_per * tile, dtype=torch.bfloat16)
-    starts = [(r0, c0) for c0 in range(0, len(B16), tile) for r0 in range(0, len(A16), rows_per)]
-    for r0, c0 in tqdm(starts, desc="bf16 GEMM blocks", unit="block", disable=not progress):
-        r1, c1 = min(r0 + rows_per, len(A16)), min(c0 + tile, len(B16))
-        H = (buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0) if into is None
-             else torch.from_numpy(into[r0:r1]).view(torch.bfloat16))
-        torch.mm(A16[r0:r1], B16[c0:c1].T, out=H)
-        yield slice(r0, r1), c0, bits(H)
-
-
 def upper_products(screen: Screen, *, block: int = 4096, mem_gib: float | None = None,
                    progress: bool = False) -> Iterator[tuple[slice, int, np.ndarray]]:
-    """:func:`saematch.gemm.gemm_blocks` through the bf16 GEMM: blocks ``(rows, c0, U)`` with
+    """:func:`saematch.gemm.gemm_blocks` through the screen's GEMM: blocks ``(rows, c0, U)`` with
     ``U`` (float32) an upper bound of every product in ``A[rows] @ B[c0:c0 + w].T``. Keys that
     fall as the product grows (costs, minus inner products) are then lower bounds. With kept
     products (``screen.H``) the GEMM writes whole rows of ``H`` in place."""
-    A16, p1, p2 = screen.rows()
-    B16, q1, q2 = screen.columns
+    A_, p1, p2 = screen.rows()
+    _, q1, q2 = screen.columns
     kept = screen.H is not None
-    rows_per, tile = block_shape(len(A16), len(B16), block, budget_bytes("cpu", mem_gib),
-                                 4 if kept else 6)
+    rows_per, tile = screen.block_shape(len(screen.A), block, mem_gib, 4 if kept else 6)
     if kept:  # written in place: whole rows
-        tile = len(B16)
+        tile = len(screen.B)
     ubuf = np.empty(rows_per * tile, np.float32)
-    for rows, c0, H in _bf16_blocks(A16, B16, rows_per, tile, progress, into=screen.H):
+    for rows, c0, H in screen.products(A_, rows_per, tile, progress, into=screen.H):
         U = ubuf[:H.size].reshape(H.shape)
         _upper_block(H, rows.start, c0, p1, p2, q1, q2, U)
         yield rows, c0, U
@@ -284,27 +240,27 @@ class Screened(NamedTuple):
     costs: np.ndarray
     n_open: np.ndarray
     n_proven: np.ndarray
-    computed: int  # rows that went through the bf16 GEMM (the others were kept)
+    computed: int  # rows that went through the screen's GEMM (the others were kept)
 
 
 def screen_rows(screen: Screen, R: np.ndarray, sub, na: np.ndarray, nb: np.ndarray,
                 u: np.ndarray, v: np.ndarray, sa: np.ndarray, sb: np.ndarray, m: int, block: int,
                 mem_gib: float | None, deadline_hit) -> Screened | None:
-    """Rows R of ``screen.A`` (their graph rows ``sub``) against all of ``screen.B``, through a
-    bf16 GEMM (per-row arrays ``na``, ``u``, ``sa`` are R's; ``nb``, ``v``, ``sb`` all
+    """Rows R of ``screen.A`` (their graph rows ``sub``) against all of ``screen.B``, through the
+    screen's GEMM (per-row arrays ``na``, ``u``, ``sa`` are R's; ``nb``, ``v``, ``sb`` all
     columns'). None if ``deadline_hit()`` turned true between GEMM blocks."""
     B = screen.B
     n, nr = B.shape[0], len(R)
-    B16, q1, q2 = screen.columns
+    _, q1, q2 = screen.columns
     hv = np.full((nr, m), _INF)
     hj = np.zeros((nr, m), np.int64)
     hg = np.zeros((nr, m), np.float32)
     n_lo, n_hi = np.zeros(nr, np.int64), np.zeros(nr, np.int64)
-    rows_per, tile = block_shape(nr, n, block, budget_bytes("cpu", mem_gib), 2)
+    rows_per, tile = screen.block_shape(nr, block, mem_gib, 2)
     ptr, col = sub.indptr.astype(np.int64), sub.indices.astype(np.int64)
     if screen.H is None:
-        A16, p1, p2 = screen.rows(R)
-        blocks = _bf16_blocks(A16, B16, rows_per, tile)
+        A_, p1, p2 = screen.rows(R)
+        blocks = screen.products(A_, rows_per, tile)
         computed = nr
     else:  # kept rows are re-read, whole rows at a time
         computed = screen.keep_rows(R, block, mem_gib, deadline_hit)
