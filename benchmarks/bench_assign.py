@@ -26,6 +26,10 @@ Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A an
     python benchmarks/bench_assign.py --sizes 8192 --generator persist \
         --methods certified lapjv --calls 2 --repeat 7
 
+``--screen`` picks the low-precision screen of saematch's passes (``auto``: bf16 where the CPU
+multiplies bf16, else int8; ``bf16``, ``int8`` or ``off``); on one CPU an AVX2-only one can be
+emulated by prefixing ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 NUMBA_CPU_NAME=haswell``.
+
 ``--repeat R`` runs every method's process R times, the methods taking turns, and reports
 medians with their ranges, and in how many of the R turns saematch was the faster: a first
 call in a fresh process moves by up to 2x from run to run (fresh memory, imports).
@@ -258,9 +262,10 @@ def _gib(b: float) -> str:
 
 def _detail(r: dict) -> str:
     if r["method"] == "certified":
-        return (f"{r['status']}, gap {r['gap']:.1e}, {int(r['rounds'])} rounds, "
-                f"{r['passes']:.2f} passes + {r.get('screen_passes', 0.0):.2f} in "
-                f"{r.get('screen', 'bf16')}, "
+        screen = r.get("screen", "bf16")  # results from before int8 screened only in bf16
+        passes = f"{r['passes']:.2f} passes" + (
+            "" if screen == "off" else f" + {r.get('screen_passes', 0.0):.2f} in {screen}")
+        return (f"{r['status']}, gap {r['gap']:.1e}, {int(r['rounds'])} rounds, {passes}, "
                 f"cand {r['t_candidates']:.1f} + solve "
                 f"{r['t_solve']:.1f} + cert {r['t_certify']:.1f} s")
     if "t_cost" in r:

@@ -218,6 +218,10 @@ def test_int8_groups_dimensions_by_scale():
     ref = _int8_products(scr, A)
     err = norms[2][:, None] * np.linalg.norm(B, axis=1) + norms[1][:, None] * fmt.round(B)[1][2]
     assert np.all(np.abs(exact - ref) <= err * (1 + 1e-12))  # the bound's terms hold
+    H = np.zeros((40, 30), np.uint16)  # the screen's GEMM (torch's _int_mm) gives those products
+    for rows, c0, blk in scr.products(scr.rows()[0], 16, 30):
+        H[rows, c0:c0 + blk.shape[1]] = blk
+    assert np.all(np.abs(_bf16_values(H) - ref) <= 2.0 ** -8 * (1 + 2.0 ** -15) * np.abs(ref))
 
 
 def test_screen_precision_follows_the_hardware(monkeypatch):
