@@ -233,6 +233,7 @@ def test_screen_precision_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(screen_mod, "int8_available", lambda v=int8: v)
         assert screen_precision("auto", True) == want
         assert screen_precision("auto", False) is None
+        assert screen_precision("int8", False) is None
         assert screen_precision("off", True) is None
         assert screen_precision("bf16", True) == "bf16"
         if int8:

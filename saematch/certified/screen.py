@@ -61,10 +61,11 @@ def screen_precision(screen: str, on_cpu: bool) -> str | None:
     float32 GEMM's in the last ulp (as GEMMs of two block shapes do). CUDA never screens."""
     if screen not in ("auto", "off", *PRECISIONS):
         raise SAEMatchError(f"screen must be 'auto', 'bf16', 'int8' or 'off', got {screen!r}")
-    if screen == "int8" and not int8_available():
-        raise SAEMatchError("screen='int8' needs torch._int_mm on the CPU (torch >= 2.4)")
     if not on_cpu or screen == "off":
         return None
+    if screen == "int8" and not int8_available():
+        raise SAEMatchError("screen='int8' needs torch._int_mm on the CPU, which this torch "
+                            "does not have")
     if screen == "auto":
         return "bf16" if bf16_fast() else "int8" if int8_available() else None
     return screen
