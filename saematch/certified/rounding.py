@@ -74,7 +74,6 @@ class Bf16:
     float32 (``gamma = D 2**-23``, at least the float32 bound ``D u / (1 - D u)`` of a D-term
     sum for D < 2**22) and stored as bf16."""
 
-    name = "bf16"
     extra_bytes = 0  # per pair of a block, besides the stored bf16 product
 
     def __init__(self, dim: int):
@@ -193,7 +192,6 @@ class Int8:
     itself in float32, in all less than ``2**-23 |a'| |b'|``: ``gamma`` (the bound puts
     ``gamma |b'|`` with ``|b - b'|``)."""
 
-    name = "int8"
     gamma = 2.0 ** -23
 
     def __init__(self, A: np.ndarray, B: np.ndarray):
