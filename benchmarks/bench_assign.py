@@ -17,7 +17,8 @@ Methods, each in a fresh subprocess so that its peak RSS is its own (inputs A an
   ``auto`` runs up to ``assign.dense_max_features``;
 - peers: ``scipy`` (``scipy.optimize.linear_sum_assignment``) and ``lapjv`` (PyPI ``lap``,
   ``lap.lapjv``) on the float64 cost matrix a user builds with numpy (``_user_cost``), and
-  ``lapmod`` (``lap.lapmod`` on saematch's candidate graph, k = ``--k``; exact only if the
+  ``lapmod`` (``lap.lapmod`` on the candidate graph certified builds, k = ``--k`` or
+  ``default_k``; exact only if the
   graph happens to hold the optimum, which nothing proves: the table says whether its
   permutation is the same).
 
@@ -156,7 +157,7 @@ def _user_cost(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return C.astype(np.float64)
 
 
-def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float | None,
+def _call(method: str, A: np.ndarray, B: np.ndarray, k: int | None, time_limit: float | None,
           block: int, device: str, screen: str = "auto") -> tuple[np.ndarray | None, dict]:
     """One timed call of a method: its permutation (None for ``gemm``) and its details."""
     t0 = time.perf_counter()
@@ -175,9 +176,10 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
     elif method == "lapmod":
         import lap
 
-        from saematch.certified import candidate_graph
+        from saematch.certified import candidate_graph, default_k
 
-        g = candidate_graph(A, B, k, block=block, device=device, screen=screen).costs
+        kk = default_k(len(A), len(B), device, screen) if k is None else k
+        g = candidate_graph(A, B, kk, block=block, device=device, screen=screen).costs
         extra["t_candidates"] = time.perf_counter() - t0
         _, x, _ = lap.lapmod(len(A), g.data.astype(np.float64), g.indptr.astype(np.int32),
                              g.indices.astype(np.int32))
@@ -205,7 +207,7 @@ def _call(method: str, A: np.ndarray, B: np.ndarray, k: int, time_limit: float |
     return perm, extra
 
 
-def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int,
+def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int | None,
              time_limit: float | None, block: int, calls: int = 1, screen: str = "auto") -> dict:
     """Body of one measured subprocess; prints one JSON line. ``wall``: the first call, imports
     and one-off starts (numba's kernel loading) included; with ``calls`` > 1 also ``wall_again``,
@@ -236,8 +238,10 @@ def run_case(method: str, n: int, seed: int, generator: str, device: str, k: int
 
 def subprocess_case(args: argparse.Namespace, method: str, n: int, generator: str) -> dict:
     cmd = [sys.executable, __file__, "--case", method, "--sizes", str(n), "--seed", str(args.seed),
-           "--generator", generator, "--device", args.device, "--k", str(args.k),
+           "--generator", generator, "--device", args.device,
            "--block", str(args.block), "--calls", str(args.calls), "--screen", args.screen]
+    if args.k is not None:
+        cmd += ["--k", str(args.k)]
     if args.time_limit is not None:
         cmd += ["--time-limit", str(args.time_limit)]
     t0 = time.perf_counter()
@@ -400,7 +404,8 @@ def main() -> None:
     p.add_argument("--scipy-max", type=int, default=8192,
                    help="largest n for scipy (its solve took 208 s at 8k, 1544 s at 16k)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--k", type=int, default=None,
+                   help="candidates per list (default: saematch.certified.default_k)")
     p.add_argument("--block", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None)
@@ -445,8 +450,9 @@ def main() -> None:
                     print(f"{gen} n={n}: {method} {r.get('wall', 0):.1f} s", file=sys.stderr)
                     results.append(r)
     load = os.getloadavg()
-    note = (f"Machine: {_cpu()}, {os.cpu_count()} CPUs, device={args.device}, k={args.k}, "
-            f"block={args.block}, seed={args.seed}, screen={args.screen}; load average at end "
+    note = (f"Machine: {_cpu()}, {os.cpu_count()} CPUs, device={args.device}, "
+            f"k={args.k or 'default_k'}, block={args.block}, seed={args.seed}, "
+            f"screen={args.screen}; load average at end "
             f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}. Peak = peak RSS of the method's own "
             "process, inputs A and B (n x D float32 each) included. Objective: "
             "sum ||a_i - b_perm(i)||^2 in float64 from the vectors, relative to the best of the "

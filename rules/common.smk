@@ -377,9 +377,12 @@ def sae_bytes(path):
 def _streamed_bytes(input, n):
     """Both layers' feature vectors (about the size of their SAE files: 2 n d floats each), the
     GEMM blocks in flight and, for the certified solver, the candidate graph."""
+    from saematch.certified import K_STREAMED
+
     vectors = sum(sae_bytes(f) for f in input)
     block = 3 * min(COMPUTE["block"], n) * n * 8
-    candidates = n * 64 * config["assign"]["k"] if solver_of(n) == "certified" else 0
+    k = config["assign"]["k"] or K_STREAMED  # null: default_k, at most K_STREAMED
+    candidates = n * 64 * k if solver_of(n) == "certified" else 0
     return vectors + block + candidates
 
 

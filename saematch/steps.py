@@ -74,12 +74,14 @@ def cost_step(sae_a: PathLike, sae_b: PathLike, out: PathLike, pair: PairKey | C
 
 
 def candidates_step(sae_a: PathLike, sae_b: PathLike, out: PathLike, pair: PairKey | CrossKey,
-                    variant: Variant, k: int, block: int, device: str) -> None:
+                    variant: Variant, k: int | None, block: int, device: str) -> None:
     """The certified solver's candidate graph (O(n k) memory) instead of a dense matrix
-    (cross-width pairs: A is the narrow SAE's [n_a, D], B the wide one's [n_b, D])."""
-    from .certified import candidate_graph, write_candidates
+    (cross-width pairs: A is the narrow SAE's [n_a, D], B the wide one's [n_b, D]); ``k``
+    None: :func:`saematch.certified.default_k` for the pair's size on this machine."""
+    from .certified import candidate_graph, default_k, write_candidates
 
     A, B = _vectors(sae_a, sae_b, variant, pair)
+    k = default_k(len(A), len(B), device) if k is None else k
     graph = candidate_graph(A, B, k, block=block, device=device)
     log.info("candidate graph %s: n=%d, k=%d, edges=%d", pair, A.shape[0], k, graph.nnz)
     write_candidates(out, graph, {**pair.attrs(), **variant.attrs()})

@@ -8,10 +8,12 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from saematch.assign import assign_dense
 from saematch.certified import (
+    K_STREAMED,
     TOL,
     candidate_graph,
     certified_assign,
     check_duals,
+    default_k,
     read_candidates,
     write_candidates,
 )
@@ -106,6 +108,28 @@ def test_matches_dense_scipy(n, d, k, seed, mode):
     assert 0.0 <= res.gap <= 1e-7 * ref.objective
     assert set(res.info) >= {"rounds", "k", "edges", "violations_added", "t_total"}
     assert all(np.isscalar(v) for v in res.info.values())
+
+
+def test_default_k_is_deeper_where_rows_stream():
+    """16 candidates per list where the products are kept, 32 where rounds stream rows: by the
+    products' size in the format that would keep them (float32 4 bytes a pair, a screen's 2)."""
+    three_mib = 3 / 1024  # 1024^2 pairs: 4 MiB in float32, 2 MiB screened
+    assert default_k(1024, 1024, "cpu", "off") == 16
+    assert default_k(1024, 1024, "cpu", "off", products_gib=0) == K_STREAMED == 32
+    assert default_k(1024, 1024, "cpu", "off", products_gib=three_mib) == 32
+    assert default_k(1024, 1024, "cpu", "bf16", products_gib=three_mib) == 16
+    assert default_k(65536, 65536, "cpu", "int8") == 32  # 8 GiB of products: streamed
+
+
+@pytest.mark.parametrize("products_gib, k, m", [(None, 16, 16), (0, 32, 64)])
+def test_certified_assign_takes_default_k(products_gib, k, m):
+    """Without ``k`` the candidate pass keeps :func:`default_k` per list; rounds then add k
+    pairs per row where rows are kept, ``max(2k, 64)`` where they stream."""
+    A, B = _pair(400, 32, 5)
+    res = certified_assign(A, B, block=128, products_gib=products_gib, screen="off")
+    assert (res.info["k"], res.info["add_per_row"]) == (k, m)
+    assert res.status == "optimal"
+    np.testing.assert_array_equal(res.perm, _dense(A, B).perm)
 
 
 @pytest.mark.parametrize("screen", ["off", "bf16", "int8"])

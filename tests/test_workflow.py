@@ -208,6 +208,23 @@ def test_certified_solver_gives_the_dense_answer(full_run, tmp_path):
             assert h5.attrs["gap"] <= 1e-6 * abs(h5.attrs["objective"])
 
 
+def test_candidate_job_takes_default_k(full_run, tmp_path):
+    """`assign.k: null` (the configs' setting): the candidate job keeps
+    `saematch.certified.default_k` per list for its pair on its machine (128 features: kept
+    products, 16), and the stored graph says so."""
+    from saematch.certified import default_k, read_candidates
+    from saematch.features import Variant
+    from saematch.results import PairKey
+    from saematch.steps import candidates_step
+
+    workdir, config, _ = full_run
+    out = tmp_path / "graph.h5"
+    folded = [workdir / f"results/folded/width_128/layer_{layer}.npz" for layer in (0, 1)]
+    candidates_step(*folded, out, PairKey("128", "folded", 0, 1),
+                    Variant.from_config("folded", config["variants"]["folded"]), None, 48, "cpu")
+    assert read_candidates(out).k == default_k(128, 128, "cpu") == 16
+
+
 @pytest.mark.parametrize("change, new_markers, new_explore_jobs", [
     (lambda c: c["widths"].update({"64": {"folder": "planted"}}), ("width_64",),
      {"feature_evidence": 4, "semantic_pair": 3, "explorer": 1}),

@@ -24,10 +24,10 @@ computed in blocks of another shape differs by that much). The default ``tol`` =
 of that scale, per pair) is the resolution of the data, not of the method.
 """
 from .certificate import TOL, DualCheck, check_duals
-from .driver import certified_assign
+from .driver import K_STREAMED, certified_assign, default_k
 from .graph import CandidateGraph, candidate_graph, read_candidates, write_candidates
 from .products import PRODUCTS_GIB, products_bytes
 
-__all__ = ["PRODUCTS_GIB", "TOL", "CandidateGraph", "DualCheck", "candidate_graph",
-           "certified_assign", "check_duals", "products_bytes", "read_candidates",
+__all__ = ["K_STREAMED", "PRODUCTS_GIB", "TOL", "CandidateGraph", "DualCheck", "candidate_graph",
+           "certified_assign", "check_duals", "default_k", "products_bytes", "read_candidates",
            "write_candidates"]

@@ -18,10 +18,30 @@ from .screen import Screen, screen_precision
 from .sparse_lap import LapState, solve
 
 _INF = np.inf
+# candidates per list (k) by default: where rows are kept, a round re-reads them for free and
+# deeper lists only cost (EPYC, bf16, again: gemma 16384 6.8 -> 7.9 s, persist 8192 0.8 ->
+# 1.0 s with 32); where rows stream, deeper lists give first duals that need fewer rounds of
+# streaming (gemma 65536 in int8 with AVX2 only: 3.65 -> 3.08 passes, 371 -> 317 s)
+K_KEPT, K_STREAMED = 16, 32
+
+
+def _keeps(n_rows: int, n_cols: int, on_cpu: bool, screened: bool,
+           products_gib: float | None) -> bool:
+    """Whether the products are kept (:mod:`.products`; the screen's take 2 bytes a pair)."""
+    return on_cpu and bool(products_bytes(n_rows, n_cols, products_gib, 2 if screened else 4))
+
+
+def default_k(n_rows: int, n_cols: int, device: str = "auto", screen: str = "auto",
+              products_gib: float | None = None) -> int:
+    """:func:`certified_assign`'s ``k`` when none is given: :data:`K_KEPT` where the
+    products are kept, :data:`K_STREAMED` where certificate rounds stream rows."""
+    on_cpu = is_cpu(device)
+    screened = screen_precision(screen, on_cpu) is not None
+    return K_KEPT if _keeps(n_rows, n_cols, on_cpu, screened, products_gib) else K_STREAMED
 
 
 @gc_paused()
-def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
+def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int | None = None,
                      random_k: int | None = None, block: int = 4096,
                      device: str = "auto", time_limit: float | None = None,
                      tol: float | None = None, graph: CandidateGraph | None = None,
@@ -33,8 +53,8 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     with proof. ``n_A <= n_B``: a permutation when equal, else an injective map.
 
     ``graph``: a precomputed :func:`candidate_graph` (e.g. from :func:`read_candidates`), built
-    here with ``k`` and ``random_k`` otherwise. ``tol``: relative tolerance tau (default
-    :data:`TOL` = 2**-21); a pair passes the certificate if
+    here with ``k`` (default :func:`default_k`) and ``random_k`` otherwise. ``tol``: relative
+    tolerance tau (default :data:`TOL` = 2**-21); a pair passes the certificate if
     ``c_ij - u_i - v_j >= -tau (|a_i|^2 + |b_j|^2)``.
     ``time_limit`` (seconds) is checked between GEMM tiles of the certificate and between rounds;
     the candidate pass and the solves that make the matching complete always finish.
@@ -42,7 +62,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     ``objective - LB`` for the best Lagrangian lower bound seen (``info['lower_bound']``).
     Each certificate round streams at most ``rows_per_round`` rows through the GEMM (default
     ``max(256, n/2)``), those with the most negative bounds first, and adds each streamed row's
-    ``add_per_row`` (default ``max(4k, 64)``; k when the products are kept) best pairs by reduced
+    ``add_per_row`` (default ``max(2k, 64)``; k when the products are kept) best pairs by reduced
     cost: duals improve between rounds, so rows streamed later are streamed fewer times.
     ``mem_gib`` bounds one GEMM block's temporaries. On the CPU the candidate pass and the
     streamed rows may go through a bf16 or int8 GEMM first (``screen``: "auto", "bf16", "int8"
@@ -65,13 +85,14 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
         res = one_to_one(Assignment(perm=np.zeros(0, np.int64), match_cost=np.zeros(0),
                                     solver="certified"), n_cols)
         return (res, np.zeros(0), np.zeros(n_cols)) if return_duals else res
-    keep = on_cpu and bool(products_bytes(n, n_cols, products_gib, 2 if screened else 4))
+    keep = _keeps(n, n_cols, on_cpu, screened, products_gib)
     store = ProductStore.allocate(n, n_cols) if keep and not screened else None
     # one screen for the candidate pass and the rounds
     scr = Screen(A, B, keep, precision) if screened else None
     built = graph is None
     if built:
-        graph = candidate_graph(A, B, k, random_k=random_k, block=block, device=device,
+        graph = candidate_graph(A, B, (K_KEPT if keep else K_STREAMED) if k is None else k,
+                                random_k=random_k, block=block, device=device,
                                 mem_gib=mem_gib, store=store, screen=scr or "off",
                                 progress=progress)
     elif graph.shape != (n, n_cols):
@@ -82,8 +103,9 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int = 16,
     if not tau >= 0:
         raise SAEMatchError(f"tol must be >= 0, got {tol}")
     # kept products make a row cheap to re-read, so rounds add fewer pairs each and more rounds
-    # run (gemma 16384: 2.17M -> 1.75M Dijkstra steps with k instead of 4k per row)
-    m = add_per_row or (graph.k if keep else max(4 * graph.k, 64))
+    # run (gemma 16384: 2.17M -> 1.75M Dijkstra steps with k instead of 4k per row); streamed,
+    # 64 at k = 16 and 32 (gemma 65536 in int8, k = 32: 134.1 s with 64, 139.4 s with 128)
+    m = add_per_row or (graph.k if keep else max(2 * graph.k, 64))
     m = min(int(m), n_cols)
     st = LapState.empty(n, n_cols)
     snaps = _Snapshots.empty(n)
