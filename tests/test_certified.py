@@ -111,14 +111,16 @@ def test_matches_dense_scipy(n, d, k, seed, mode):
 
 
 def test_default_k_is_deeper_where_rows_stream():
-    """16 candidates per list where the products are kept, 32 where rounds stream rows: by the
-    products' size in the format that would keep them (float32 4 bytes a pair, a screen's 2)."""
+    """16 candidates per list where the products are kept, 32 where rounds stream rows on the
+    CPU: by the products' size in the format that would keep them (float32 4 bytes a pair, a
+    screen's 2). CUDA keeps 16."""
     three_mib = 3 / 1024  # 1024^2 pairs: 4 MiB in float32, 2 MiB screened
     assert default_k(1024, 1024, "cpu", "off") == 16
     assert default_k(1024, 1024, "cpu", "off", products_gib=0) == K_STREAMED == 32
     assert default_k(1024, 1024, "cpu", "off", products_gib=three_mib) == 32
     assert default_k(1024, 1024, "cpu", "bf16", products_gib=three_mib) == 16
     assert default_k(65536, 65536, "cpu", "int8") == 32  # 8 GiB of products: streamed
+    assert default_k(65536, 65536, "cuda") == 16  # CUDA streams too, unmeasured with 32
 
 
 @pytest.mark.parametrize("products_gib, k, m", [(None, 16, 16), (0, 32, 64)])

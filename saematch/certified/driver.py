@@ -33,11 +33,17 @@ def _keeps(n_rows: int, n_cols: int, on_cpu: bool, screened: bool,
 
 def default_k(n_rows: int, n_cols: int, device: str = "auto", screen: str = "auto",
               products_gib: float | None = None) -> int:
-    """:func:`certified_assign`'s ``k`` when none is given: :data:`K_KEPT` where the
-    products are kept, :data:`K_STREAMED` where certificate rounds stream rows."""
+    """:func:`certified_assign`'s ``k`` when none is given: :data:`K_STREAMED` where
+    certificate rounds stream rows through the CPU's GEMM, :data:`K_KEPT` where the products
+    are kept and on CUDA (where passes are cheap and the solve costs most; 32 is unmeasured
+    there)."""
     on_cpu = is_cpu(device)
     screened = screen_precision(screen, on_cpu) is not None
-    return K_KEPT if _keeps(n_rows, n_cols, on_cpu, screened, products_gib) else K_STREAMED
+    return _k_for(on_cpu, _keeps(n_rows, n_cols, on_cpu, screened, products_gib))
+
+
+def _k_for(on_cpu: bool, keep: bool) -> int:
+    return K_STREAMED if on_cpu and not keep else K_KEPT
 
 
 @gc_paused()
@@ -91,7 +97,7 @@ def certified_assign(A: np.ndarray, B: np.ndarray, *, k: int | None = None,
     scr = Screen(A, B, keep, precision) if screened else None
     built = graph is None
     if built:
-        graph = candidate_graph(A, B, (K_KEPT if keep else K_STREAMED) if k is None else k,
+        graph = candidate_graph(A, B, _k_for(on_cpu, keep) if k is None else k,
                                 random_k=random_k, block=block, device=device,
                                 mem_gib=mem_gib, store=store, screen=scr or "off",
                                 progress=progress)
