@@ -21,7 +21,7 @@ _INF = np.inf
 # candidates per list (k) by default: where rows are kept, a round re-reads them for free and
 # deeper lists only cost (EPYC, bf16, again: gemma 16384 6.8 -> 7.9 s, persist 8192 0.8 ->
 # 1.0 s with 32); where rows stream, deeper lists give first duals that need fewer rounds of
-# streaming (gemma 65536 in int8 with AVX2 only: 3.65 -> 3.08 passes, 371 -> 317 s)
+# streaming (gemma 65536 in int8 with AVX2 only: 3.65 -> 3.08 passes, 371.2 -> 316.0 s)
 K_KEPT, K_STREAMED = 16, 32
 
 
