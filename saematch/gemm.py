@@ -46,6 +46,11 @@ def block_shape(n_rows: int, n_cols: int, block: int, budget: float,
     return max(rows, 1), max(cols, 1)
 
 
+def block_starts(n_a: int, n_b: int, rows_per: int, tile: int) -> list[tuple[int, int]]:
+    """The corners ``(r0, c0)`` of one pass's blocks, column tile by column tile."""
+    return [(r0, c0) for c0 in range(0, n_b, tile) for r0 in range(0, n_a, rows_per)]
+
+
 def gemm_blocks(A: np.ndarray, B: np.ndarray, *, block: int = 4096, device: str = "auto",
                 mem_gib: float | None = None, whole_rows: bool = False,
                 into: np.ndarray | None = None,
@@ -72,8 +77,7 @@ def gemm_blocks(A: np.ndarray, B: np.ndarray, *, block: int = 4096, device: str 
         import torch
         buf = torch.empty(rows_per * tile, dtype=torch.float32, device=dev)
         tA, tB = torch.from_numpy(A).to(dev), torch.from_numpy(B).to(dev)
-    starts = [(r0, c0) for c0 in range(0, B.shape[0], tile)
-              for r0 in range(0, A.shape[0], rows_per)]
+    starts = block_starts(A.shape[0], B.shape[0], rows_per, tile)
     for r0, c0 in tqdm(starts, desc="GEMM blocks", unit="block", disable=not progress):
         r1, c1 = min(r0 + rows_per, A.shape[0]), min(c0 + tile, B.shape[0])
         out = (buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0) if into is None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from ..gemm import block_starts
 from ..jit import njit, prange
 from .kernels import bf16_row
 
@@ -43,11 +44,6 @@ def bits(X16: torch.Tensor) -> np.ndarray:
     """A bf16 tensor's values as uint16 bits (numba has no bf16), without a copy."""
     import torch
     return X16.view(torch.int16).numpy().view(np.uint16)
-
-
-def _starts(n_a: int, n_b: int, rows_per: int, tile: int) -> list[tuple[int, int]]:
-    """The blocks' corners, column tile by column tile."""
-    return [(r0, c0) for c0 in range(0, n_b, tile) for r0 in range(0, n_a, rows_per)]
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
@@ -109,8 +105,8 @@ class Bf16:
         copy (gemma 16384, EPYC: candidate pass 5.44-5.58 -> 5.10-5.29 s)."""
         import torch
         buf = torch.empty(0 if into is not None else rows_per * tile, dtype=torch.bfloat16)
-        for r0, c0 in tqdm(_starts(len(A16), len(B16), rows_per, tile), desc="bf16 GEMM blocks",
-                           unit="block", disable=not progress):
+        starts = block_starts(len(A16), len(B16), rows_per, tile)
+        for r0, c0 in tqdm(starts, desc="bf16 GEMM blocks", unit="block", disable=not progress):
             r1, c1 = min(r0 + rows_per, len(A16)), min(c0 + tile, len(B16))
             H = (buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0) if into is None
                  else torch.from_numpy(into[r0:r1]).view(torch.bfloat16))
@@ -229,7 +225,7 @@ class Int8:
         acc = torch.empty((len(QA), rows_per * tile), dtype=torch.int32)
         buf = np.empty(0 if into is not None else rows_per * tile, np.uint16)
         n_a, n_b = len(sa), len(sb)
-        for r0, c0 in tqdm(_starts(n_a, n_b, rows_per, tile), desc="int8 GEMM blocks",
+        for r0, c0 in tqdm(block_starts(n_a, n_b, rows_per, tile), desc="int8 GEMM blocks",
                            unit="block", disable=not progress):
             r1, c1 = min(r0 + rows_per, n_a), min(c0 + tile, n_b)
             r, w = r1 - r0, c1 - c0
